@@ -1,0 +1,72 @@
+"""isopool: every task in its own process, supervised the way OTP supervises tasks.
+
+A guide, in the order of Elixir's ``Task`` docs:
+
+1. Run and wait: ``Pool.submit(fn, *args)`` returns a ``Task`` (a
+   ``concurrent.futures.Future``); ``task.result(timeout)`` waits for it.
+2. Tasks are processes: each runs in a worker process forked from isopool's fork
+   server; calls and results are pickled (cloudpickle for lambdas and closures).
+3. Crashes and time-outs: a worker that dies fails only the task it ran
+   (``TaskCrashError``); ``timeout=`` stops a task's whole process group
+   (``TaskTimeoutError``); ``task.kill()`` stops one task.
+4. Restarts: ``restart="transient"`` re-runs a failed task, at most
+   ``max_restarts`` times within ``max_seconds`` (``RestartLimitError``).
+5. The Executor drop-in: ``Pool`` is a ``concurrent.futures.Executor``.
+"""
+
+# Layout: _errors (exceptions) · _spec (task options) · _policy (restart logic) ·
+# _wire (frames, pickling) · _worker (the worker loop) · _forkserver / _process (OS
+# processes) · _monitor (the supervising thread) · _outcome (settling futures) ·
+# _queue (pending tasks) · _task (Task) · _pool (Pool) · _cli (the command line).
+
+from __future__ import annotations
+
+from ._errors import BrokenPoolError as BrokenPoolError
+from ._errors import IsopoolError as IsopoolError
+from ._errors import NodeDownError as NodeDownError
+from ._errors import PoolClosedError as PoolClosedError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import QueueUnavailableError as QueueUnavailableError
+from ._errors import RestartLimitError as RestartLimitError
+from ._errors import SerializationError as SerializationError
+from ._errors import SignatureError as SignatureError
+from ._errors import TaskCrashError as TaskCrashError
+from ._errors import TaskError as TaskError
+from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._pool import Pool as Pool
+from ._pool import PoolOptions as PoolOptions
+from ._spec import Restart as Restart
+from ._spec import Shutdown as Shutdown
+from ._spec import TaskOptions as TaskOptions
+from ._task import Task as Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenPoolError",
+    "IsopoolError",
+    "NodeDownError",
+    "Pool",
+    "PoolClosedError",
+    "PoolOptions",
+    "ProtocolError",
+    "QueueUnavailableError",
+    "Restart",
+    "RestartLimitError",
+    "SerializationError",
+    "Shutdown",
+    "SignatureError",
+    "Task",
+    "TaskCrashError",
+    "TaskError",
+    "TaskOptions",
+    "TaskTimeoutError",
+    "__version__",
+]
+
+# Show public objects as isopool.X in reprs, tracebacks and pickles.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "isopool"
+del _name, _obj

@@ -1,0 +1,212 @@
+"""The whole exception hierarchy of isopool, and nothing else.
+
+::
+
+    IsopoolError(Exception)
+    ├── TaskError                 a task ended without a result; .task_id, .task_name
+    │   ├── TaskCrashError        its worker died; .pid, .exitcode, .signal;
+    │   │                         also concurrent.futures.process.BrokenProcessPool
+    │   ├── TaskTimeoutError      also TimeoutError; the task was stopped, not left running
+    │   ├── SerializationError    a call or result could not be (un)pickled; .side, .what
+    │   └── RestartLimitError     max_restarts within max_seconds exceeded;
+    │                             __cause__ is the last failure
+    ├── PoolClosedError           also RuntimeError; used after *you* shut it down
+    ├── BrokenPoolError           also BrokenProcessPool; isopool itself failed
+    │                             (never raised because one task crashed)
+    ├── ProtocolError             a malformed frame
+    │   └── SignatureError        a payload whose signature is missing or wrong
+    ├── NodeDownError             also ConnectionError; a remote node is gone
+    └── QueueUnavailableError     also ConnectionError; the shared queue is unreachable
+
+*Closed* versus *broken* (as in trio): a pool is closed because its owner called
+``shutdown``; it is broken only when something outside the caller's control failed
+(the fork server cannot start, a worker initializer fails). A task that crashes,
+hangs or sends a bad payload fails that task alone and never breaks the pool.
+
+Every exception here pickles with its attributes intact, so it can cross a process
+boundary (a worker, a remote node) and still be caught by type.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "BrokenPoolError",
+    "IsopoolError",
+    "NodeDownError",
+    "PoolClosedError",
+    "ProtocolError",
+    "QueueUnavailableError",
+    "RestartLimitError",
+    "SerializationError",
+    "SignatureError",
+    "TaskCrashError",
+    "TaskError",
+    "TaskTimeoutError",
+]
+
+
+class IsopoolError(Exception):
+    """Base class of every error isopool raises itself."""
+
+
+class TaskError(IsopoolError):
+    """A task ended without a result.
+
+    Attributes:
+        task_id: The pool-unique id of the task, or None when not known.
+        task_name: A readable name of the task's function ("resize_image").
+    """
+
+    def __init__(
+        self, message: str, *, task_id: int | None = None, task_name: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task_name = task_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuild through __init__ with keywords so subclasses keep their attributes
+        # across pickle (BaseException.__reduce__ would pass only self.args).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class TaskCrashError(TaskError, BrokenProcessPool):
+    """The worker process running the task died (segfault, os._exit, SIGKILL, OOM).
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``, so code written for
+    ``ProcessPoolExecutor`` that catches a dead worker keeps working; unlike there,
+    only this task failed and the pool keeps serving.
+
+    Attributes:
+        pid: The pid of the worker that died, or None when it never started.
+        exitcode: Its exit code (negative: killed by that signal), or None if unknown.
+        signal: The name of the signal that killed it ("SIGSEGV"), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: int | None = None,
+        task_name: str | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        signal: str | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id, task_name=task_name)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran past its time-out and was stopped (its process group is gone).
+
+    Attributes:
+        timeout: The time-out that passed, in seconds.
+        pid: The pid of the worker that was stopped.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: int | None = None,
+        task_name: str | None = None,
+        timeout: float | None = None,
+        pid: int | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id, task_name=task_name)
+        self.timeout = timeout
+        self.pid = pid
+
+
+class SerializationError(TaskError):
+    """A task's call, result or exception could not be pickled or unpickled.
+
+    Attributes:
+        side: Where it failed: "parent" or "worker".
+        what: What failed: "call pickle", "call unpickle", "result pickle",
+            "result unpickle", "exception pickle" or "exception unpickle".
+        type_name: For an exception that could not cross, its qualified type name.
+        remote_traceback: The worker's traceback text, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: int | None = None,
+        task_name: str | None = None,
+        side: str | None = None,
+        what: str | None = None,
+        type_name: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message, task_id=task_id, task_name=task_name)
+        self.side = side
+        self.what = what
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+class RestartLimitError(TaskError):
+    """More than ``max_restarts`` restarts happened within ``max_seconds``.
+
+    ``__cause__`` is the last failure (the task's exception, a TaskCrashError, ...).
+
+    Attributes:
+        attempts: How many times the task ran.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: int | None = None,
+        task_name: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, task_id=task_id, task_name=task_name)
+        self.attempts = attempts
+
+
+class PoolClosedError(IsopoolError, RuntimeError):
+    """The pool or supervisor was shut down by its owner and takes no new work.
+
+    A ``RuntimeError``, as ``concurrent.futures`` raises after ``shutdown``.
+    """
+
+
+class BrokenPoolError(IsopoolError, BrokenProcessPool):
+    """isopool itself failed (its fork server, a worker initializer): not one task.
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``.
+    """
+
+
+class ProtocolError(IsopoolError):
+    """A frame on a pipe or in a queue was malformed (bad header, version, length)."""
+
+
+class SignatureError(ProtocolError):
+    """A payload's signature is missing or wrong; it was never unpickled."""
+
+
+class NodeDownError(IsopoolError, ConnectionError):
+    """A remote node is not alive, or stopped answering while running a task."""
+
+
+class QueueUnavailableError(IsopoolError, ConnectionError):
+    """The shared queue's backend (Redis) cannot be reached or lost its state."""

@@ -1,0 +1,818 @@
+"""The parent-side monitor: one thread that supervises every worker of one pool.
+
+Who owns what, and who reads what::
+
+    caller threads                          monitor thread  isopool-monitor[NAME]
+    --------------                          ------------------------------------
+    submit(): pickle the call (no lock);    epoll on: each worker's result_r, the
+    lock; queue it; dispatch to idle        fork server socket, the wake-up pipe, and
+    workers: write frames to call_w         call_w of any worker with unsent bytes.
+    (non-blocking; the rest waits in        lock; read frames; settle runs; pin each
+    the worker's out buffer); unlock        death on the task its worker held; ask
+                                            _policy whether to restart; replace the
+                                            worker; dispatch; unlock; then resolve
+                                            futures and log, outside the lock.
+
+    parent                        fork server                    worker k
+    call_w[k]   --- CALL frames ------------------------------>  call_r[k]
+    result_r[k] <-- RESULT / ERROR / BAD_PAYLOAD frames -------  result_w[k]
+    sock        <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
+
+Each worker runs its calls in order; ``_Worker.tasks`` mirrors that order, so the
+head is the task it is running. The task id travels in every frame header, so a
+payload that will not unpickle, or a worker that dies, fails exactly one task: the
+head. Tasks queued behind it on that worker never started; they go back to the
+pending queue without counting as attempts.
+
+Futures are resolved outside the lock because ``set_result`` runs done-callbacks,
+which may call ``submit`` (the lock is not re-entrant) and because unpickling a
+result may run arbitrary code. The lock is held only for bookkeeping and for
+non-blocking pipe I/O.
+
+Dispatch pipelines: when recent tasks ran for under ``_FAST_TASK`` seconds, up to
+``_PIPELINE_DEPTH`` calls are written to a worker at once (one syscall), so a burst
+of tiny tasks is not paced by round trips. Slow tasks get one call per worker, so a
+long task never holds others hostage.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import logging
+import math
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from . import _wire
+from ._errors import (
+    BrokenPoolError,
+    PoolClosedError,
+    ProtocolError,
+    TaskCrashError,
+    TaskTimeoutError,
+)
+from ._outcome import Outcome, resolve
+from ._policy import RestartIntensity, should_restart
+from ._process import ForkServer, WorkerPipes, decode_exit, signal_group
+from ._queue import PendingQueue
+from ._spec import TaskOptions, describe_function
+from ._task import Task
+
+__all__ = ["Monitor", "State"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE: Final = 1 << 20
+_FAST_TASK: Final = 0.002  # below this mean run time (s), pipelining pays for itself
+_PIPELINE_DEPTH: Final = 16  # enough to hide a round trip; small enough to rebalance
+# How long to wait for the fork server's EXITED message after a worker's pipe hit EOF
+# before declaring its exit status unknown (the fork server died with it).
+_STATUS_WAIT: Final = 2.0
+_HEARTBEAT: Final = 1.0  # the longest the monitor sleeps; every wait has a deadline
+_RETIRE_GRACE: Final = 5.0  # an idle worker told to exit gets this long before SIGKILL
+_WAKE, _SERVER, _RESULT, _CALL = range(4)
+
+
+class State(enum.Enum):
+    """The one state of a pool; each transition lives in one Monitor method."""
+
+    RUNNING = "running"  # takes work
+    CLOSING = "closing"  # shutdown() was called: finishes queued work, takes no new
+    CLOSED = "closed"  # every worker and the fork server are gone
+    BROKEN = "broken"  # isopool itself failed; pending work failed with BrokenPoolError
+
+
+class _Worker:
+    """The parent's record of one worker process (guarded by the monitor's lock)."""
+
+    __slots__ = (
+        "assigned",
+        "eof_at",
+        "finalized",
+        "id",
+        "kill_at",
+        "out",
+        "out_registered",
+        "pid",
+        "pipes",
+        "reader",
+        "retired",
+        "status",
+        "stop_reason",
+        "stop_task",
+        "tasks",
+    )
+
+    def __init__(self, worker_id: int) -> None:
+        self.id = worker_id
+        self.pipes = WorkerPipes()
+        self.pid: int | None = None
+        self.tasks: collections.deque[Task[Any]] = collections.deque()
+        self.out: collections.deque[memoryview] = collections.deque()
+        self.out_registered = False
+        self.reader = _wire.FrameReader()
+        self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
+        self.retired = False  # takes no more calls; will exit by itself
+        self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"
+        self.stop_task: Task[Any] | None = None
+        self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
+        self.status: int | None = None  # wait status from the fork server
+        self.eof_at: float | None = None  # when its result pipe reached EOF
+        self.finalized = False
+
+    @property
+    def accepting(self) -> bool:
+        return not (self.retired or self.stop_reason or self.finalized)
+
+
+class Monitor:
+    """Supervises the workers of one pool and runs its tasks; the pool's engine.
+
+    Thread-safe: ``submit``, ``kill``, ``shutdown`` and ``terminate`` may be called
+    from any thread. One lock guards all state; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        max_workers: int,
+        max_tasks_per_child: int | None,
+        initializer: bytes | None,
+    ) -> None:
+        self.name = name
+        self.max_workers = max_workers
+        self._max_tasks = max_tasks_per_child or 0
+        self._initializer = initializer
+        self._lock = threading.Lock()
+        self._state = State.RUNNING
+        self._pending: PendingQueue[Task[Any]] = PendingQueue()
+        self._workers: list[_Worker] = []
+        self._by_pid: dict[int, _Worker] = {}
+        self._unspawned: list[_Worker] = []
+        self._spawning: dict[int, _Worker] = {}
+        self._worker_ids = itertools.count(1)
+        self._task_ids = itertools.count(1)
+        self._stats: collections.Counter[str] = collections.Counter()
+        self._ema: float | None = None  # mean run time of recent tasks, seconds
+        self._sleep_until = math.inf
+        self._need_wake = False
+        self._server: ForkServer | None = None
+        self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
+        self._broken_cause: BaseException | None = None
+        self._epoll = select.epoll()
+        self._fds: dict[int, tuple[int, _Worker | None]] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._register(self._wake_r, _WAKE, None, select.EPOLLIN)
+        for _ in range(max_workers):
+            self._add_worker_locked()
+        self._thread = threading.Thread(
+            target=self._run, name=f"isopool-monitor[{name}]", daemon=True
+        )
+        self._thread.start()
+
+    # -- public, any thread ----------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The pool's state."""
+        return self._state
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The monitor thread (to avoid blocking on it from itself)."""
+        return self._thread
+
+    def new_task(
+        self,
+        fn: Callable[..., object] | str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: TaskOptions,
+        intensity: RestartIntensity | None = None,
+    ) -> Task[Any]:
+        """Pickle one call and return its Task, not yet submitted.
+
+        A call that cannot be pickled gives a Task that already failed with
+        ``SerializationError`` (as ``ProcessPoolExecutor`` fails the future).
+        """
+        task_id = next(self._task_ids)
+        name = describe_function(fn)
+        try:
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
+            error = None
+        except (Exception, SystemExit) as exc:
+            payload, error = b"", exc
+        if intensity is None and options.restart != "temporary":
+            intensity = RestartIntensity(options.max_restarts, options.max_seconds)
+        task = Task._create(self, task_id, name, payload, options, intensity)
+        if error is not None:
+            task.set_running_or_notify_cancel()
+            resolve([Outcome.bad_call(task, error)])
+        return task
+
+    def submit_check(self) -> None:
+        """Raise PoolClosedError or BrokenPoolError unless the pool takes work."""
+        with self._lock:
+            self._check_open_locked()
+
+    def submit(self, task: Task[Any]) -> None:
+        """Queue ``task`` and start it if a worker is free.
+
+        Raises:
+            PoolClosedError: the pool was shut down.
+            BrokenPoolError: the pool is broken.
+        """
+        if task.done():
+            return  # its call did not pickle; it already failed
+        with self._lock:
+            self._check_open_locked()
+            self._stats["submitted"] += 1
+            self._pending.push(task)
+            self._dispatch_locked(time.monotonic())
+            wake = self._take_wake_locked()
+        if wake:
+            self._wake()
+
+    def kill(self, task: Task[Any], wait: bool) -> bool:
+        """Stop ``task``: see ``Task.kill``."""
+        out: list[Outcome] = []
+        running = False
+        with self._lock:
+            if task.done():
+                return False
+            if self._pending.remove(task):
+                out.append(Outcome.cancelled(task))
+            elif isinstance(task._worker, _Worker):
+                running = True
+                self._kill_assigned_locked(task._worker, task, time.monotonic())
+            elif not task.cancel():
+                return False
+            wake = self._take_wake_locked()
+        if wake:
+            self._wake()
+        resolve(out)
+        if running and wait and threading.current_thread() is not self._thread:
+            grace = task.options.shutdown
+            task._wait_stopped((0.0 if grace == "brutal_kill" else grace) + 10.0)
+        return True
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Take no new work; finish (or cancel) queued work; optionally wait."""
+        out: list[Outcome] = []
+        with self._lock:
+            if self._state is State.RUNNING:
+                self._state = State.CLOSING
+            if cancel_futures:
+                out.extend(Outcome.cancelled(t) for t in self._pending.drain())
+        self._wake()
+        resolve(out)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def terminate(self, timeout: float | None = None) -> None:
+        """Stop everything now: cancel queued tasks, stop running ones, then close.
+
+        Running tasks are stopped politely (their ``shutdown`` grace) and then
+        brutally; their futures are cancelled. Waits at most ``timeout`` seconds.
+        """
+        out: list[Outcome] = []
+        with self._lock:
+            if self._state is State.RUNNING:
+                self._state = State.CLOSING
+            out.extend(Outcome.cancelled(t) for t in self._pending.drain())
+            now = time.monotonic()
+            for worker in list(self._workers):
+                if worker.tasks:
+                    self._stop_worker_locked(worker, "terminate", None, now)
+        self._wake()
+        resolve(out)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: workers, pending, running, and totals since start."""
+        with self._lock:
+            counts = dict(self._stats)
+            counts["workers"] = sum(1 for w in self._workers if not w.finalized)
+            counts["pending"] = len(self._pending)
+            counts["running"] = sum(1 for w in self._workers if w.tasks)
+        for key in (
+            "submitted",
+            "completed",
+            "failed",
+            "crashed",
+            "timed_out",
+            "killed",
+            "restarted",
+            "workers_started",
+            "workers_replaced",
+        ):
+            counts.setdefault(key, 0)
+        return counts
+
+    # -- dispatch (under the lock, any thread) ---------------------------------
+
+    def _check_open_locked(self) -> None:
+        if self._state is State.BROKEN:
+            raise BrokenPoolError(
+                f"pool {self.name!r} is broken: {self._broken_cause}"
+            ) from self._broken_cause
+        if self._state is not State.RUNNING:
+            raise PoolClosedError(
+                f"cannot schedule new tasks after shutdown (pool {self.name!r})"
+            )
+
+    def _depth(self, worker: _Worker) -> int:
+        depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
+        if self._max_tasks:
+            depth = min(depth, self._max_tasks - worker.assigned)
+        return depth
+
+    def _dispatch_locked(self, now: float) -> None:
+        """Hand pending tasks to workers with room, least loaded first."""
+        if not self._pending:
+            return
+        workers = [w for w in self._workers if w.accepting]
+        touched: set[_Worker] = set()
+        while workers and self._pending:
+            worker = min(workers, key=lambda w: len(w.tasks))
+            if len(worker.tasks) >= self._depth(worker):
+                break
+            task = self._pending.pop()
+            if task is None:
+                break
+            if not task._dispatched:
+                if not task.set_running_or_notify_cancel():
+                    continue  # cancelled by its owner while pending
+                task._dispatched = True
+            self._assign_locked(worker, task, now)
+            touched.add(worker)
+        for worker in touched:
+            self._flush_locked(worker)
+
+    def _assign_locked(self, worker: _Worker, task: Task[Any], now: float) -> None:
+        worker.tasks.append(task)
+        worker.assigned += 1
+        task._worker = worker
+        header = _wire.pack_header(_wire.CALL, task.id, len(task._payload))
+        if len(task._payload) < 65536:
+            worker.out.append(memoryview(header + task._payload))
+        else:
+            worker.out.append(memoryview(header))
+            worker.out.append(memoryview(task._payload))
+        if len(worker.tasks) == 1:
+            self._start_head_locked(worker, now)
+
+    def _start_head_locked(self, worker: _Worker, now: float) -> None:
+        """The head of ``worker`` starts running now (if the worker exists yet)."""
+        task = worker.tasks[0]
+        if task._kill_requested:
+            self._stop_worker_locked(worker, "kill", task, now)
+        if worker.pid is None or task._started_at is not None:
+            return  # started when the fork server reports the worker's pid
+        task._started_at = now
+        task._pid = worker.pid
+        task.attempts += 1
+        timeout = task.options.timeout
+        if timeout is not None:
+            task._deadline = now + timeout
+            if task._deadline < self._sleep_until:
+                self._need_wake = True
+
+    def _flush_locked(self, worker: _Worker) -> None:
+        """Write as much of the worker's out buffer as the pipe takes, without blocking."""
+        out = worker.out
+        while out:
+            try:
+                written = os.writev(worker.pipes.call_w, list(itertools.islice(out, 512)))
+            except BlockingIOError:
+                break
+            except OSError:  # the worker is dead; its death is handled by the monitor
+                out.clear()
+                break
+            while written and out:
+                head = out[0]
+                if written >= len(head):
+                    written -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = head[written:]
+                    written = 0
+        want = bool(out)
+        if want != worker.out_registered:
+            worker.out_registered = want
+            if want:
+                self._register(worker.pipes.call_w, _CALL, worker, select.EPOLLOUT)
+            else:
+                self._unregister(worker.pipes.call_w)
+
+    def _take_wake_locked(self) -> bool:
+        wake, self._need_wake = self._need_wake, False
+        return wake
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # already pending, or closed after the monitor exited
+
+    # -- stopping workers (under the lock) --------------------------------------
+
+    def _kill_assigned_locked(self, worker: _Worker, task: Task[Any], now: float) -> None:
+        task._kill_requested = True
+        if worker.tasks and worker.tasks[0] is task:
+            self._stop_worker_locked(worker, "kill", task, now)
+
+    def _stop_worker_locked(
+        self, worker: _Worker, reason: str, task: Task[Any] | None, now: float
+    ) -> None:
+        """Stop ``worker``: SIGTERM its process group now, SIGKILL after the grace."""
+        if worker.stop_reason is not None or worker.finalized:
+            return
+        worker.stop_reason = reason
+        worker.stop_task = task
+        head = task or (worker.tasks[0] if worker.tasks else None)
+        grace = head.options.shutdown if head is not None else _RETIRE_GRACE
+        brutal = grace == "brutal_kill" or grace == 0
+        worker.kill_at = None if brutal else now + float(grace)
+        if worker.kill_at is not None and worker.kill_at < self._sleep_until:
+            self._need_wake = True
+        if worker.pid is not None:
+            signal_group(worker.pid, signal.SIGKILL if brutal else signal.SIGTERM)
+
+    # -- the monitor thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._start_server()
+            while self._step():
+                pass
+        except BaseException as exc:  # isopool itself failed: fail all, leave nothing
+            log.exception("isopool monitor of pool %r failed", self.name)
+            self._break(exc)
+        finally:
+            self._close_resources()
+
+    def _step(self) -> bool:
+        """One round: wait for events or the next deadline, then act. False: done."""
+        with self._lock:
+            now = time.monotonic()
+            deadline = min(self._next_deadline_locked(), now + _HEARTBEAT)
+            self._sleep_until = deadline
+        events = self._epoll.poll(max(0.0, deadline - now))
+        out: list[Outcome] = []
+        with self._lock:
+            self._sleep_until = -math.inf  # awake: nobody needs to wake us
+            now = time.monotonic()
+            for fd, mask in events:
+                self._on_event_locked(fd, mask, now, out)
+            self._check_deadlines_locked(now, out)
+            self._replace_workers_locked()
+            self._dispatch_locked(now)
+            done = self._close_if_idle_locked(now)
+            restart_server = self._server is None and not done
+        resolve(out)
+        if restart_server:
+            self._start_server()
+        return not done
+
+    def _on_event_locked(self, fd: int, mask: int, now: float, out: list[Outcome]) -> None:
+        kind, worker = self._fds.get(fd, (-1, None))
+        if kind == _WAKE:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        elif kind == _SERVER:
+            self._on_server_locked(now, out)
+        elif kind == _RESULT and worker is not None:
+            self._read_worker_locked(worker, now, out)
+        elif kind == _CALL and worker is not None:
+            self._flush_locked(worker)
+
+    def _start_server(self) -> None:
+        server = ForkServer(self._initializer)
+        with self._lock:
+            self._server = server
+            self._register(server.fileno(), _SERVER, None, select.EPOLLIN)
+            self._spawn_unspawned_locked()
+
+    def _spawn_unspawned_locked(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        for worker in self._unspawned:
+            server.spawn(worker.id, worker.pipes, self._max_tasks)
+            worker.pipes.close_worker_ends()
+            self._spawning[worker.id] = worker
+        self._unspawned.clear()
+
+    def _on_server_locked(self, now: float, out: list[Outcome]) -> None:
+        server = self._server
+        messages = server.read_messages() if server is not None else None
+        for op, a, b in messages or ():
+            if op == 1:  # READY
+                if server is not None:
+                    server.ready = True
+            elif op == 3:  # SPAWNED worker_id pid
+                self._on_spawned_locked(a, b, now)
+            elif op == 4:  # EXITED pid status
+                worker = self._by_pid.get(a)
+                if worker is not None:
+                    worker.status = b
+                    self._read_worker_locked(worker, now, out)
+                    self._finalize_locked(worker, now, out)
+        if messages is None:
+            self._on_server_lost_locked(now, out)
+
+    def _on_spawned_locked(self, worker_id: int, pid: int, now: float) -> None:
+        worker = self._spawning.pop(worker_id, None)
+        if worker is None:
+            return
+        worker.pid = pid
+        self._by_pid[pid] = worker
+        self._stats["workers_started"] += 1
+        if worker.stop_reason is not None:  # stopped before it even existed
+            worker.kill_at = None
+            signal_group(pid, signal.SIGKILL)
+        elif worker.tasks:
+            self._start_head_locked(worker, now)
+
+    def _on_server_lost_locked(self, now: float, out: list[Outcome]) -> None:
+        """The fork server died: its workers die with it (PR_SET_PDEATHSIG)."""
+        server = self._server
+        self._server = None
+        if server is not None:
+            self._unregister(server.fileno())
+            was_ready = server.ready
+            server.close(timeout=1.0)
+            code = server.process.returncode
+        else:  # pragma: no cover - only called with a server
+            was_ready, code = True, None
+        if not was_ready:
+            raise BrokenPoolError(
+                f"isopool fork server failed to start (exit code {code}); "
+                "is isopool importable by sys.executable?"
+            )
+        log.warning("pool %r: fork server died (exit code %s); starting a new one", self.name, code)
+        for worker in list(self._workers):
+            if worker.pid is not None:
+                signal_group(worker.pid, signal.SIGKILL)
+            self._read_worker_locked(worker, now, out)
+            self._finalize_locked(worker, now, out)
+        self._spawning.clear()
+        if self._state in (State.RUNNING, State.CLOSING):
+            if not self._server_restarts.allow(now):
+                raise BrokenPoolError("isopool fork server keeps dying (3 times in 10 s)")
+            # _step starts the new one outside the lock (it blocks on a fork + exec).
+
+    def _read_worker_locked(self, worker: _Worker, now: float, out: list[Outcome]) -> None:
+        if worker.finalized:
+            return
+        chunks = []
+        eof = False
+        while True:
+            try:
+                data = os.read(worker.pipes.result_r, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+        if chunks:
+            try:
+                frames = worker.reader.feed(b"".join(chunks))
+            except ProtocolError as exc:
+                log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc)
+                self._stop_worker_locked(worker, "protocol", None, now)
+                frames = []
+            for kind, task_id, payload in frames:
+                self._on_frame_locked(worker, kind, task_id, payload, now, out)
+        if eof and worker.eof_at is None:
+            worker.eof_at = now
+            self._unregister(worker.pipes.result_r)
+
+    def _on_frame_locked(
+        self,
+        worker: _Worker,
+        kind: int,
+        task_id: int,
+        payload: bytes,
+        now: float,
+        out: list[Outcome],
+    ) -> None:
+        if kind == _wire.INIT_FAILED:
+            raise BrokenPoolError(Outcome.describe_init_failure(payload))
+        if not worker.tasks or worker.tasks[0].id != task_id:
+            log.error("pool %r: worker %s answered for unknown task %d", self.name, worker.pid, task_id)
+            self._stop_worker_locked(worker, "protocol", None, now)
+            return
+        task = worker.tasks.popleft()
+        task._worker = None
+        if task._started_at is not None:
+            run_time = now - task._started_at
+            self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
+        if worker.stop_task is task and worker.stop_reason in ("timeout", "kill"):
+            self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
+        elif kind == _wire.RESULT:
+            self._end_run_locked(task, Outcome.ok(task, payload), now, out)
+        elif kind == _wire.ERROR:
+            self._end_run_locked(task, Outcome.raised(task, payload), now, out)
+        else:
+            self._end_run_locked(task, Outcome.bad_payload(task, payload), now, out)
+        if worker.tasks:
+            self._start_head_locked(worker, now)
+        if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
+            worker.retired = True  # it exits by itself after its last call
+
+    def _stop_outcome(self, worker: _Worker, task: Task[Any]) -> Outcome:
+        if worker.stop_reason == "timeout":
+            return Outcome.timed_out(task, worker.pid)
+        return Outcome.cancelled(task)
+
+    def _end_run_locked(self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]) -> None:
+        """A run of ``task`` ended: restart it per its policy, or settle its future."""
+        task._deadline = None
+        task._started_at = None
+        self._stats[outcome.stat] += 1
+        restartable = outcome.kind != "cancelled" and self._state in (State.RUNNING, State.CLOSING)
+        if restartable and should_restart(task.options.restart, outcome.exit):
+            intensity = task._intensity
+            if intensity is not None and intensity.allow(now):
+                self._stats["restarted"] += 1
+                outcome.log_restart(self.name, intensity)
+                self._pending.push(task)
+                return
+            out.append(Outcome.restart_limit(task, outcome))
+            return
+        out.append(outcome)
+
+    def _check_deadlines_locked(self, now: float, out: list[Outcome]) -> None:
+        for worker in list(self._workers):
+            if worker.finalized:
+                continue
+            head = worker.tasks[0] if worker.tasks else None
+            if head is not None and head._deadline is not None and now >= head._deadline:
+                head._deadline = None
+                log.warning(
+                    "pool %r: task %d (%s) timed out after %s s; stopping worker %s",
+                    self.name, head.id, head.name, head.options.timeout, worker.pid,
+                )
+                self._stop_worker_locked(worker, "timeout", head, now)
+            if worker.kill_at is not None and now >= worker.kill_at:
+                worker.kill_at = None
+                if worker.pid is not None:
+                    signal_group(worker.pid, signal.SIGKILL)
+            if worker.eof_at is not None and now >= worker.eof_at + _STATUS_WAIT:
+                self._finalize_locked(worker, now, out)
+
+    def _next_deadline_locked(self) -> float:
+        deadline = math.inf
+        for worker in self._workers:
+            if worker.tasks and worker.tasks[0]._deadline is not None:
+                deadline = min(deadline, worker.tasks[0]._deadline)
+            if worker.kill_at is not None:
+                deadline = min(deadline, worker.kill_at)
+            if worker.eof_at is not None:
+                deadline = min(deadline, worker.eof_at + _STATUS_WAIT)
+        return deadline
+
+    # -- worker lifecycle (monitor thread, under the lock) ----------------------
+
+    def _add_worker_locked(self) -> None:
+        worker = _Worker(next(self._worker_ids))
+        self._workers.append(worker)
+        self._register(worker.pipes.result_r, _RESULT, worker, select.EPOLLIN)
+        self._unspawned.append(worker)
+        self._spawn_unspawned_locked()
+
+    def _replace_workers_locked(self) -> None:
+        if self._state is State.RUNNING or (self._state is State.CLOSING and self._pending):
+            alive = sum(1 for w in self._workers if w.accepting)
+            for _ in range(self.max_workers - alive):
+                self._add_worker_locked()
+                self._stats["workers_replaced"] += 1
+
+    def _finalize_locked(self, worker: _Worker, now: float, out: list[Outcome]) -> None:
+        """``worker`` is dead: pin its death on its head task, requeue the rest."""
+        if worker.finalized:
+            return
+        worker.finalized = True
+        self._forget_locked(worker)
+        if worker.pid is not None:
+            signal_group(worker.pid, signal.SIGKILL)  # whatever the task left behind
+        tasks = list(worker.tasks)
+        worker.tasks.clear()
+        info = decode_exit(worker.status)
+        for index, task in enumerate(tasks):
+            task._worker = None
+            if index == 0 and task._started_at is not None:
+                if worker.stop_task is task or worker.stop_reason == "terminate":
+                    self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
+                else:
+                    self._end_run_locked(task, Outcome.crashed(task, worker.pid, info), now, out)
+            elif task._kill_requested:
+                self._end_run_locked(task, Outcome.cancelled(task), now, out)
+            else:
+                self._pending.push(task)  # never started: not an attempt
+        if not tasks and not worker.retired and worker.stop_reason is None:
+            if self._state is State.RUNNING:
+                log.warning(
+                    "pool %r: idle worker %s %s; replacing it", self.name, worker.pid, info.describe()
+                )
+
+    def _forget_locked(self, worker: _Worker) -> None:
+        self._unregister(worker.pipes.result_r)
+        if worker.out_registered:
+            self._unregister(worker.pipes.call_w)
+        worker.out.clear()
+        worker.pipes.close()
+        self._spawning.pop(worker.id, None)
+        if worker in self._unspawned:
+            self._unspawned.remove(worker)
+        if worker.pid is not None:
+            self._by_pid.pop(worker.pid, None)
+        self._workers.remove(worker)
+
+    def _close_if_idle_locked(self, now: float) -> bool:
+        """In CLOSING, once no work is left: retire every worker, then close."""
+        if self._state is not State.CLOSING or self._pending:
+            return self._state in (State.CLOSED, State.BROKEN)
+        if any(w.tasks for w in self._workers):
+            return False
+        for worker in self._workers:
+            if not worker.retired:
+                worker.retired = True
+                worker.kill_at = now + _RETIRE_GRACE
+                os.close(worker.pipes.call_w)  # EOF: the worker exits by itself
+                worker.pipes.call_w = -1
+        if self._workers:
+            return False
+        self._state = State.CLOSED
+        return True
+
+    # -- failure and teardown ----------------------------------------------------
+
+    def _break(self, exc: BaseException) -> None:
+        """isopool itself failed: fail every task with BrokenPoolError, kill workers."""
+        out: list[Outcome] = []
+        with self._lock:
+            self._state = State.BROKEN
+            self._broken_cause = exc
+            error = exc if isinstance(exc, BrokenPoolError) else BrokenPoolError(
+                f"pool {self.name!r} broke: {exc!r}"
+            )
+            for task in self._pending.drain():
+                out.append(Outcome.error(task, error))
+            for worker in list(self._workers):
+                for task in worker.tasks:
+                    out.append(Outcome.error(task, error))
+                worker.tasks.clear()
+                if worker.pid is not None:
+                    signal_group(worker.pid, signal.SIGKILL)
+                self._forget_locked(worker)
+        resolve(out)
+
+    def _close_resources(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            for worker in list(self._workers):
+                if worker.pid is not None:
+                    signal_group(worker.pid, signal.SIGKILL)
+                self._forget_locked(worker)
+        if server is not None:
+            server.close(timeout=5.0)
+        self._epoll.close()
+        # The wake-up pipe stays open until the Monitor is collected: another thread
+        # may still call _wake(), and a closed fd number could be reused by a file.
+
+    def __del__(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except (OSError, AttributeError):
+                pass
+
+    def _register(self, fd: int, kind: int, worker: _Worker | None, mask: int) -> None:
+        self._fds[fd] = (kind, worker)
+        self._epoll.register(fd, mask)
+
+    def _unregister(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass

@@ -1,0 +1,71 @@
+"""Restart policies and OTP's restart intensity, as pure logic with the clock as a parameter.
+
+OTP's rule: a supervisor (here: a task, or a TaskSupervisor across its children)
+may restart at most ``max_restarts`` times within any window of ``max_seconds``; one
+restart more and it gives up. This module decides; it never sleeps, starts or stops
+anything, so it is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Literal
+
+from ._spec import Restart
+
+__all__ = ["Exit", "RestartIntensity", "should_restart"]
+
+Exit = Literal["normal", "abnormal"]
+"""How a run ended: ``normal`` (returned, or raised ``isopool.Shutdown``) or ``abnormal``."""
+
+
+def should_restart(restart: Restart, exit: Exit) -> bool:
+    """Return whether a run that ended with ``exit`` is re-run under ``restart``.
+
+    ``temporary`` never re-runs; ``transient`` re-runs after an abnormal exit
+    (exception, crash, time-out); ``permanent`` always re-runs.
+    """
+    if restart == "permanent":
+        return True
+    return restart == "transient" and exit == "abnormal"
+
+
+class RestartIntensity:
+    """Counts restarts in a sliding window of ``max_seconds``.
+
+    Not thread-safe: its owner calls it under its own lock.
+
+    Example:
+        >>> intensity = RestartIntensity(max_restarts=1, max_seconds=5.0)
+        >>> intensity.allow(now=0.0)
+        True
+        >>> intensity.allow(now=1.0)
+        False
+        >>> intensity.allow(now=7.0)
+        True
+    """
+
+    __slots__ = ("_times", "max_restarts", "max_seconds")
+
+    def __init__(self, max_restarts: int, max_seconds: float) -> None:
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self._times: collections.deque[float] = collections.deque()
+
+    def allow(self, now: float) -> bool:
+        """Record a restart at ``now`` and return False if it exceeds the intensity.
+
+        A refused restart is not recorded, so the caller may give up cleanly.
+        """
+        horizon = now - self.max_seconds
+        while self._times and self._times[0] <= horizon:
+            self._times.popleft()
+        if len(self._times) >= self.max_restarts:
+            return False
+        self._times.append(now)
+        return True
+
+    @property
+    def recent(self) -> int:
+        """How many restarts are in the current window (as of the last ``allow``)."""
+        return len(self._times)

@@ -1,0 +1,468 @@
+"""Pool: the crash-isolating ``concurrent.futures.Executor``.
+
+``Pool`` is the public face; the work is done by its ``Monitor`` (see ``_monitor``
+for the data flow). This module validates arguments, keeps the Executor contract
+(``submit``, ``map``, ``shutdown``, the context manager) and ties pools to the
+interpreter's exit::
+
+    user thread                       Pool                  Monitor (+ its thread)
+    submit(fn, *args)  -->  validate, pickle  -->  queue, dispatch  --> workers
+    map(fn, items)     -->  a window of submits, refilled as results are taken
+    shutdown()/with    -->  CLOSING: finish queued work, retire workers, CLOSED
+    Ctrl-C in `with`   -->  terminate: cancel queued, stop running, CLOSED
+
+At interpreter exit, a pool that was not shut down finishes its queued work (as
+``ProcessPoolExecutor`` does), unless the program is exiting because of Ctrl-C, in
+which case its tasks are stopped at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from multiprocessing.context import BaseContext
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from . import _wire
+from ._errors import PoolClosedError
+from ._monitor import Monitor, State
+from ._spec import (
+    TaskOptions,
+    check_positive_int,
+    resolve_function,
+)
+from ._task import Task
+from ._worker import run_chunk
+
+__all__ = ["Pool", "PoolOptions"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# map() keeps at most this many calls per worker in flight: enough to keep pipelined
+# workers busy, few enough that an endless iterable never piles up in memory.
+_MAP_WINDOW_PER_WORKER: Final = 32
+_TERMINATE_TIMEOUT: Final = 30.0
+
+_pool_ids = itertools.count(1)
+_live_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+class Pool(Executor):
+    """A pool of worker processes where one task's crash fails that task alone.
+
+    A drop-in ``concurrent.futures.ProcessPoolExecutor``: ``submit``, ``map``,
+    ``shutdown`` and the context manager keep the stdlib's signatures and
+    semantics, and return ``Future`` objects (``isopool.Task``). Unlike the stdlib,
+    a worker that segfaults, calls ``os._exit``, is OOM-killed or is SIGKILLed from
+    outside fails exactly the task it was running (``TaskCrashError``, also a
+    ``BrokenProcessPool``); every other task completes and the worker is replaced.
+
+    Each task runs in a worker process forked from a single-threaded fork server,
+    never in the caller. Calls and results travel with pickle, or cloudpickle when
+    needed, so lambdas, closures and functions defined in ``__main__`` work. A
+    function may also be named ``"package.module:function"``.
+
+    Thread-safe: any thread may submit, kill tasks or shut the pool down.
+
+    Args:
+        max_workers: Worker processes; defaults to loky's ``cpu_count()``, which
+            honours cgroup CPU quotas and the process's CPU affinity.
+        mp_context: Accepted for ``ProcessPoolExecutor`` compatibility and ignored:
+            workers always come from isopool's fork server.
+        initializer: Called in each new worker before its first task. If it
+            raises, the pool is broken (``BrokenPoolError``), as in the stdlib.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Replace a worker after this many tasks; 1 gives
+            every task a fresh process. Default: workers live on.
+        timeout: Seconds a task may run before its worker is stopped and the task
+            fails with ``TaskTimeoutError``. Default None: no limit.
+        memory_limit: Bytes (or "512MB", "2GiB") of heap a worker may use while
+            running a task; past it allocations fail with ``MemoryError``.
+        restart: "temporary" (default: never re-run) or "transient" (re-run after
+            an exception, crash or time-out). "permanent" re-runs even after
+            success, so it has no result: use ``TaskSupervisor.start_child``.
+        max_restarts: Restarts allowed per task within ``max_seconds`` (default 3);
+            one more and the task fails with ``RestartLimitError``.
+        max_seconds: The restart-intensity window, in seconds (default 5.0).
+        shutdown: Seconds between SIGTERM and SIGKILL when a task is stopped
+            (default 5.0), or "brutal_kill" for SIGKILL at once.
+        name: A name for logs and thread names; default "pool-N".
+
+    Raises:
+        ValueError: a number is out of range, or an option is not one of its
+            allowed values; the message names the parameter and the value.
+        TypeError: an argument has the wrong type.
+
+    Example:
+        >>> with Pool(2) as pool:
+        ...     pool.submit(pow, 2, 10).result()
+        1024
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        timeout: float | None = None,
+        memory_limit: int | str | None = None,
+        restart: str = "temporary",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        shutdown: float | str = 5.0,
+        name: str | None = None,
+    ) -> None:
+        if max_workers is None:
+            from loky import cpu_count
+
+            max_workers = cpu_count()
+        check_positive_int("max_workers", max_workers)
+        if max_tasks_per_child is not None:
+            check_positive_int("max_tasks_per_child", max_tasks_per_child)
+        if mp_context is not None and not isinstance(mp_context, BaseContext):
+            raise TypeError(f"mp_context must be a multiprocessing context, got {mp_context!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, got {initializer!r}")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, got {initargs!r}")
+        self._options = TaskOptions.build(
+            timeout=timeout,
+            restart=restart,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            shutdown=shutdown,
+            memory_limit=memory_limit,
+        )
+        _refuse_permanent(self._options, "Pool(restart=...)")
+        init = _wire.dumps((initializer, initargs)) if initializer is not None else None
+        self._names: dict[str, None] = {}
+        _register_exit_hook()
+        self._monitor = Monitor(
+            name or f"pool-{next(_pool_ids)}", max_workers, max_tasks_per_child, init
+        )
+        _live_monitors.add(self._monitor)
+
+    def __repr__(self) -> str:
+        monitor = self._monitor
+        return (
+            f"<isopool.Pool {monitor.name!r} {monitor.state.value} "
+            f"max_workers={monitor.max_workers}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The pool's name, as used in logs and the monitor thread's name."""
+        return self._monitor.name
+
+    @property
+    def max_workers(self) -> int:
+        """How many worker processes the pool keeps."""
+        return self._monitor.max_workers
+
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
+
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Task[Any]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker process and return its Task.
+
+        Args:
+            fn: A picklable callable (lambdas and closures too, via cloudpickle), or
+                ``"package.module:function"``, imported by name in the worker.
+            *args: Positional arguments for ``fn``.
+            **kwargs: Keyword arguments for ``fn``; they never collide with the
+                pool's own settings, which go through ``options()``.
+
+        Returns:
+            The task's handle, a ``concurrent.futures.Future``.
+
+        Raises:
+            PoolClosedError: the pool was shut down (a ``RuntimeError``).
+            BrokenPoolError: the pool is broken.
+            ValueError: ``fn`` names a function that does not import.
+            TypeError: ``fn`` is neither callable nor a string.
+        """
+        return self._submit(fn, args, kwargs, self._options)
+
+    def options(
+        self,
+        *,
+        timeout: float | None | object = ...,
+        restart: str | object = ...,
+        max_restarts: int | object = ...,
+        max_seconds: float | object = ...,
+        shutdown: float | str | object = ...,
+        memory_limit: int | str | None | object = ...,
+        priority: int | object = ...,
+    ) -> PoolOptions:
+        """Return a view that submits to this pool's workers with other task settings.
+
+        Only the options given change; the rest keep the pool's values. Options
+        are validated here, so a bad one fails before anything is submitted.
+
+        Example:
+            >>> with Pool(1) as pool:
+            ...     pool.options(timeout=2.0).submit(sum, [1, 2]).result()
+            3
+        """
+        changes = _given(
+            timeout=timeout,
+            restart=restart,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            shutdown=shutdown,
+            memory_limit=memory_limit,
+            priority=priority,
+        )
+        return PoolOptions(self, self._options.replace(**changes))
+
+    def map(  # type: ignore[override]  # also accepts "module:function" names
+        self,
+        fn: Callable[..., R] | str,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """Return an iterator of ``fn`` applied to the items, in order.
+
+        As ``Executor.map``: the results come in input order; ``timeout`` counts
+        from this call; the first task exception is raised when its result is
+        reached; leaving the iterator early cancels what has not started.
+
+        Unlike the stdlib, the input is consumed lazily: at most a window of
+        ``32 * max_workers`` chunks is in flight, so an endless iterable works.
+
+        Args:
+            fn: A callable or ``"package.module:function"``.
+            *iterables: Iterables whose items are passed to ``fn`` in parallel.
+            timeout: Seconds from this call after which ``next()`` raises
+                ``TimeoutError``; None to wait for ever.
+            chunksize: Items sent to a worker per task (>= 1).
+
+        Raises:
+            TimeoutError: a result was not ready in time.
+            ValueError: ``chunksize`` is below 1.
+        """
+        return self._map(fn, iterables, timeout, chunksize, self._options)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no new tasks, and free the workers once queued tasks are done.
+
+        Args:
+            wait: Block until every queued and running task has finished and every
+                worker and the fork server have exited.
+            cancel_futures: Cancel the tasks that have not started yet.
+        """
+        self._monitor.shutdown(wait, cancel_futures)
+
+    def terminate(self, timeout: float | None = _TERMINATE_TIMEOUT) -> None:
+        """Stop everything now: cancel queued tasks and stop running ones.
+
+        Running tasks get SIGTERM, then SIGKILL after their ``shutdown`` grace,
+        and their futures are cancelled. Waits at most ``timeout`` seconds.
+        """
+        self._monitor.terminate(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: workers, pending, running, submitted, completed, failed,
+        crashed, timed_out, killed, restarted, workers_started, workers_replaced."""
+        return self._monitor.stats()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Ctrl-C must stop the workers at once, not wait for them: one press is enough.
+        if exc_type is KeyboardInterrupt:
+            self.terminate()
+            return
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+    def __del__(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None and monitor.state is State.RUNNING:
+            monitor.shutdown(wait=False, cancel_futures=False)
+
+    # -- shared with PoolOptions -------------------------------------------------
+
+    def _submit(
+        self,
+        fn: Callable[..., object] | str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: TaskOptions,
+    ) -> Task[Any]:
+        if isinstance(fn, str):
+            if fn not in self._names:
+                resolve_function(fn)  # fail here, naming the function, not in a worker
+                self._names[fn] = None
+        elif not callable(fn):
+            raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
+        if self._monitor.state is not State.RUNNING:
+            self._monitor.submit_check()
+        task = self._monitor.new_task(fn, args, kwargs, options)
+        self._monitor.submit(task)
+        return task
+
+    def _map(
+        self,
+        fn: Callable[..., R] | str,
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        options: TaskOptions,
+    ) -> Iterator[R]:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an integer, got {chunksize!r}")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        if chunksize == 1:
+
+            def submit_next() -> Task[Any] | None:
+                args = next(calls, None)
+                return None if args is None else self._submit(fn, args, {}, options)
+
+        else:
+
+            def submit_next() -> Task[Any] | None:
+                chunk = list(itertools.islice(calls, chunksize))
+                if not chunk:
+                    return None
+                return self._submit(run_chunk, (fn, chunk), {}, options)
+
+        window = _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
+        first: collections.deque[Task[Any]] = collections.deque()
+        while len(first) < window and (task := submit_next()) is not None:
+            first.append(task)
+        return _map_results(first, submit_next, end_time, chunksize > 1)
+
+
+def _map_results(
+    in_flight: collections.deque[Task[Any]],
+    submit_next: Callable[[], Task[Any] | None],
+    end_time: float | None,
+    chunked: bool,
+) -> Iterator[Any]:
+    """Yield results in order, topping the window up as each one is taken."""
+    exhausted = False
+    try:
+        while in_flight:
+            task = in_flight.popleft()
+            if not exhausted:
+                more = submit_next()
+                if more is None:
+                    exhausted = True
+                else:
+                    in_flight.append(more)
+            if end_time is None:
+                result = task.result()
+            else:
+                result = task.result(end_time - time.monotonic())
+            if chunked:
+                yield from result
+            else:
+                yield result
+    finally:
+        for task in in_flight:
+            task.cancel()
+
+
+class PoolOptions:
+    """A view of a Pool that submits with other per-task settings.
+
+    Made by ``Pool.options(...)``; it shares the pool's workers and lifetime.
+    """
+
+    def __init__(self, pool: Pool, options: TaskOptions) -> None:
+        self._pool = pool
+        self._options = options
+
+    def __repr__(self) -> str:
+        return f"<isopool.PoolOptions of {self._pool!r} {self._options}>"
+
+    @property
+    def task_options(self) -> TaskOptions:
+        """The settings tasks submitted through this view run with."""
+        return self._options
+
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
+
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Task[Any]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
+        """As ``Pool.submit``, with this view's settings."""
+        _refuse_permanent(self._options, "submit")
+        return self._pool._submit(fn, args, kwargs, self._options)
+
+    def map(
+        self,
+        fn: Callable[..., R] | str,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """As ``Pool.map``, with this view's settings."""
+        _refuse_permanent(self._options, "map")
+        return self._pool._map(fn, iterables, timeout, chunksize, self._options)
+
+    def options(self, **changes: Any) -> PoolOptions:
+        """Return a view with ``changes`` applied on top of this one's settings."""
+        return PoolOptions(self._pool, self._options.replace(**changes))
+
+
+def _given(**options: object) -> dict[str, object]:
+    return {key: value for key, value in options.items() if value is not ...}
+
+
+def _refuse_permanent(options: TaskOptions, where: str) -> None:
+    if options.restart == "permanent":
+        raise ValueError(
+            f"{where}: restart='permanent' re-runs a task even after it succeeds, so it "
+            "never has a result to wait for; use TaskSupervisor.start_child for "
+            "fire-and-forget work, or restart='transient' to retry until success"
+        )
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if _exit_hook_registered:
+            return
+        try:
+            # Runs before non-daemon threads are joined, as ProcessPoolExecutor's does.
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # stdlib hook used by concurrent.futures
+        except RuntimeError:
+            raise PoolClosedError("cannot start a pool while the interpreter exits") from None
+        _exit_hook_registered = True
+
+
+def _at_exit() -> None:
+    """Finish every pool's queued work, or stop it at once after Ctrl-C."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    for monitor in list(_live_monitors):
+        if interrupted:
+            monitor.terminate(_TERMINATE_TIMEOUT)
+            continue
+        try:
+            monitor.shutdown(wait=True, cancel_futures=False)
+        except KeyboardInterrupt:
+            monitor.terminate(_TERMINATE_TIMEOUT)

@@ -1,0 +1,83 @@
+"""The in-process queue of pending tasks: lowest priority number first, then FIFO.
+
+Not thread-safe: the monitor's lock guards it. Removal is lazy (an entry is skipped
+when popped), so cancelling a pending task is O(1).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["PendingQueue", "Queued"]
+
+
+class Queued(Protocol):
+    """What the queue needs of an item: its priority, its place, and a live flag."""
+
+    priority: int
+    seq: int
+    queued: bool
+
+
+T = TypeVar("T", bound=Queued)
+
+
+class PendingQueue(Generic[T]):
+    """A priority queue of items that keep their submission order within a priority.
+
+    An item re-queued after its worker died keeps its original ``seq``, so it goes
+    back ahead of everything submitted after it.
+
+    Example:
+        >>> class Item:
+        ...     def __init__(self, priority, seq):
+        ...         self.priority, self.seq, self.queued = priority, seq, False
+        >>> q = PendingQueue()
+        >>> for item in (Item(5, 1), Item(0, 2), Item(5, 3)):
+        ...     q.push(item)
+        >>> [q.pop().seq for _ in range(3)]
+        [2, 1, 3]
+    """
+
+    __slots__ = ("_heap", "_live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, T]] = []
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, item: T) -> None:
+        """Queue ``item`` by its priority and seq."""
+        item.queued = True
+        self._live += 1
+        heapq.heappush(self._heap, (item.priority, item.seq, item))
+
+    def pop(self) -> T | None:
+        """Remove and return the most urgent live item, or None when empty."""
+        heap = self._heap
+        while heap:
+            item = heapq.heappop(heap)[2]
+            if item.queued:
+                item.queued = False
+                self._live -= 1
+                return item
+        return None
+
+    def remove(self, item: T) -> bool:
+        """Take ``item`` out of the queue; return whether it was queued."""
+        if not item.queued:
+            return False
+        item.queued = False
+        self._live -= 1
+        return True
+
+    def drain(self) -> list[T]:
+        """Remove and return every live item, most urgent first."""
+        items = []
+        while (item := self.pop()) is not None:
+            items.append(item)
+        self._heap.clear()
+        return items
