@@ -103,13 +103,13 @@ class _Server:
     def run(self) -> None:
         while True:
             try:
-                ready, _, _ = select.select([self.sock, self.wake[0]], [], [], 1.0)
+                ready, _, _ = select.select([self.sock.fileno(), self.wake[0]], [], [], 1.0)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
             if self.wake[0] in ready:
                 self._drain_wake()
             self._reap()
-            if self.sock in ready and not self._serve_request():
+            if self.sock.fileno() in ready and not self._serve_request():
                 return
 
     def _drain_wake(self) -> None:

@@ -38,6 +38,7 @@ long task never holds others hostage.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import logging
@@ -55,8 +56,6 @@ from ._errors import (
     BrokenPoolError,
     PoolClosedError,
     ProtocolError,
-    TaskCrashError,
-    TaskTimeoutError,
 )
 from ._outcome import Outcome, resolve
 from ._policy import RestartIntensity, should_restart
@@ -327,9 +326,7 @@ class Monitor:
                 f"pool {self.name!r} is broken: {self._broken_cause}"
             ) from self._broken_cause
         if self._state is not State.RUNNING:
-            raise PoolClosedError(
-                f"cannot schedule new tasks after shutdown (pool {self.name!r})"
-            )
+            raise PoolClosedError(f"cannot schedule new tasks after shutdown (pool {self.name!r})")
 
     def _depth(self, worker: _Worker) -> int:
         depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
@@ -420,10 +417,9 @@ class Monitor:
         return wake
 
     def _wake(self) -> None:
-        try:
+        # BlockingIOError: a wake-up is already pending, which is all we need.
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
-        except (BlockingIOError, OSError):
-            pass  # already pending, or closed after the monitor exited
 
     # -- stopping workers (under the lock) --------------------------------------
 
@@ -571,9 +567,8 @@ class Monitor:
             self._read_worker_locked(worker, now, out)
             self._finalize_locked(worker, now, out)
         self._spawning.clear()
-        if self._state in (State.RUNNING, State.CLOSING):
-            if not self._server_restarts.allow(now):
-                raise BrokenPoolError("isopool fork server keeps dying (3 times in 10 s)")
+        if self._state in (State.RUNNING, State.CLOSING) and not self._server_restarts.allow(now):
+            raise BrokenPoolError("isopool fork server keeps dying (3 times in 10 s)")
             # _step starts the new one outside the lock (it blocks on a fork + exec).
 
     def _read_worker_locked(self, worker: _Worker, now: float, out: list[Outcome]) -> None:
@@ -596,7 +591,9 @@ class Monitor:
             try:
                 frames = worker.reader.feed(b"".join(chunks))
             except ProtocolError as exc:
-                log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc)
+                log.error(
+                    "pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc
+                )
                 self._stop_worker_locked(worker, "protocol", None, now)
                 frames = []
             for kind, task_id, payload in frames:
@@ -617,7 +614,9 @@ class Monitor:
         if kind == _wire.INIT_FAILED:
             raise BrokenPoolError(Outcome.describe_init_failure(payload))
         if not worker.tasks or worker.tasks[0].id != task_id:
-            log.error("pool %r: worker %s answered for unknown task %d", self.name, worker.pid, task_id)
+            log.error(
+                "pool %r: worker %s answered for unknown task %d", self.name, worker.pid, task_id
+            )
             self._stop_worker_locked(worker, "protocol", None, now)
             return
         task = worker.tasks.popleft()
@@ -643,7 +642,9 @@ class Monitor:
             return Outcome.timed_out(task, worker.pid)
         return Outcome.cancelled(task)
 
-    def _end_run_locked(self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]) -> None:
+    def _end_run_locked(
+        self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]
+    ) -> None:
         """A run of ``task`` ended: restart it per its policy, or settle its future."""
         task._deadline = None
         task._started_at = None
@@ -669,7 +670,11 @@ class Monitor:
                 head._deadline = None
                 log.warning(
                     "pool %r: task %d (%s) timed out after %s s; stopping worker %s",
-                    self.name, head.id, head.name, head.options.timeout, worker.pid,
+                    self.name,
+                    head.id,
+                    head.name,
+                    head.options.timeout,
+                    worker.pid,
                 )
                 self._stop_worker_locked(worker, "timeout", head, now)
             if worker.kill_at is not None and now >= worker.kill_at:
@@ -728,11 +733,13 @@ class Monitor:
                 self._end_run_locked(task, Outcome.cancelled(task), now, out)
             else:
                 self._pending.push(task)  # never started: not an attempt
-        if not tasks and not worker.retired and worker.stop_reason is None:
-            if self._state is State.RUNNING:
-                log.warning(
-                    "pool %r: idle worker %s %s; replacing it", self.name, worker.pid, info.describe()
-                )
+        if not (tasks or worker.retired or worker.stop_reason) and self._state is State.RUNNING:
+            log.warning(
+                "pool %r: idle worker %s %s; replacing it",
+                self.name,
+                worker.pid,
+                info.describe(),
+            )
 
     def _forget_locked(self, worker: _Worker) -> None:
         self._unregister(worker.pipes.result_r)
@@ -767,13 +774,15 @@ class Monitor:
     # -- failure and teardown ----------------------------------------------------
 
     def _break(self, exc: BaseException) -> None:
-        """isopool itself failed: fail every task with BrokenPoolError, kill workers."""
+        """Isopool itself failed: fail every task with BrokenPoolError, kill workers."""
         out: list[Outcome] = []
         with self._lock:
             self._state = State.BROKEN
             self._broken_cause = exc
-            error = exc if isinstance(exc, BrokenPoolError) else BrokenPoolError(
-                f"pool {self.name!r} broke: {exc!r}"
+            error = (
+                exc
+                if isinstance(exc, BrokenPoolError)
+                else BrokenPoolError(f"pool {self.name!r} broke: {exc!r}")
             )
             for task in self._pending.drain():
                 out.append(Outcome.error(task, error))
@@ -801,10 +810,8 @@ class Monitor:
 
     def __del__(self) -> None:
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError, AttributeError):
                 os.close(fd)
-            except (OSError, AttributeError):
-                pass
 
     def _register(self, fd: int, kind: int, worker: _Worker | None, mask: int) -> None:
         self._fds[fd] = (kind, worker)
@@ -812,7 +819,5 @@ class Monitor:
 
     def _unregister(self, fd: int) -> None:
         if self._fds.pop(fd, None) is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass

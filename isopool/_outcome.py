@@ -151,7 +151,7 @@ class Outcome:
         if kind == "raised":
             try:
                 return _wire.loads_exception(self.data)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # user code ran in __reduce__
                 return _serialization_error(task, "parent", "exception unpickle", exc)
         if kind == "bad_payload":
             what, type_name, message, tb = pickle.loads(self.data)
@@ -179,8 +179,8 @@ class Outcome:
                 pid=self.data,
             )
         if kind == "error":
-            exc: BaseException = self.data
-            return exc
+            error: BaseException = self.data
+            return error
         if kind == "restart_limit":
             return _restart_limit_error(task, self.data)
         return None
@@ -190,8 +190,7 @@ def _serialization_error(
     task: Task[Any], side: str, what: str, exc: BaseException
 ) -> SerializationError:
     error = SerializationError(
-        f"task {task.id} ({task.name}): {what} failed in the {side}: "
-        f"{type(exc).__name__}: {exc}",
+        f"task {task.id} ({task.name}): {what} failed in the {side}: {type(exc).__name__}: {exc}",
         task_id=task.id,
         task_name=task.name,
         side=side,
@@ -243,7 +242,7 @@ def resolve(outcomes: list[Outcome]) -> None:
         if outcome.kind == "ok":
             try:
                 value = pickle.loads(outcome.data)
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # user code ran in __reduce__
                 exc = _serialization_error(task, "parent", "result unpickle", error)
         if outcome.kind in ("crashed", "timed_out"):
             log.warning("%s", exc)

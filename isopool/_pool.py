@@ -175,7 +175,7 @@ class Pool(Executor):
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
 
     @overload
-    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Task[Any]: ...
+    def submit(self, fn: str, /, *args: object, **kwargs: object) -> Task[Any]: ...
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker process and return its Task.
@@ -201,12 +201,12 @@ class Pool(Executor):
     def options(
         self,
         *,
-        timeout: float | None | object = ...,
+        timeout: float | object | None = ...,
         restart: str | object = ...,
         max_restarts: int | object = ...,
         max_seconds: float | object = ...,
         shutdown: float | str | object = ...,
-        memory_limit: int | str | None | object = ...,
+        memory_limit: int | str | object | None = ...,
         priority: int | object = ...,
     ) -> PoolOptions:
         """Return a view that submits to this pool's workers with other task settings.
@@ -230,7 +230,7 @@ class Pool(Executor):
         )
         return PoolOptions(self, self._options.replace(**changes))
 
-    def map(  # type: ignore[override]  # also accepts "module:function" names
+    def map(
         self,
         fn: Callable[..., R] | str,
         *iterables: Iterable[Any],
@@ -278,8 +278,12 @@ class Pool(Executor):
         self._monitor.terminate(timeout)
 
     def stats(self) -> dict[str, int]:
-        """Return counters: workers, pending, running, submitted, completed, failed,
-        crashed, timed_out, killed, restarted, workers_started, workers_replaced."""
+        """Return the pool's counters.
+
+        Keys: workers, pending, running (now); submitted, completed, failed,
+        crashed, timed_out, killed, restarted, workers_started, workers_replaced
+        (totals since the pool started).
+        """
         return self._monitor.stats()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -371,10 +375,7 @@ def _map_results(
                     exhausted = True
                 else:
                     in_flight.append(more)
-            if end_time is None:
-                result = task.result()
-            else:
-                result = task.result(end_time - time.monotonic())
+            result = task.result() if end_time is None else task.result(end_time - time.monotonic())
             if chunked:
                 yield from result
             else:
@@ -406,7 +407,7 @@ class PoolOptions:
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
 
     @overload
-    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Task[Any]: ...
+    def submit(self, fn: str, /, *args: object, **kwargs: object) -> Task[Any]: ...
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
         """As ``Pool.submit``, with this view's settings."""
@@ -424,7 +425,7 @@ class PoolOptions:
         _refuse_permanent(self._options, "map")
         return self._pool._map(fn, iterables, timeout, chunksize, self._options)
 
-    def options(self, **changes: Any) -> PoolOptions:
+    def options(self, **changes: object) -> PoolOptions:
         """Return a view with ``changes`` applied on top of this one's settings."""
         return PoolOptions(self._pool, self._options.replace(**changes))
 
@@ -449,7 +450,7 @@ def _register_exit_hook() -> None:
             return
         try:
             # Runs before non-daemon threads are joined, as ProcessPoolExecutor's does.
-            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # stdlib hook used by concurrent.futures
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # the stdlib's own exit hook, as concurrent.futures uses
         except RuntimeError:
             raise PoolClosedError("cannot start a pool while the interpreter exits") from None
         _exit_hook_registered = True

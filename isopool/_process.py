@@ -7,6 +7,7 @@ reasons, and stops a worker's whole process group, politely or brutally.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pickle
@@ -80,10 +81,8 @@ def signal_group(pid: int, sig: int) -> None:
         return
     except (ProcessLookupError, PermissionError):
         pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class WorkerPipes:
@@ -99,10 +98,8 @@ class WorkerPipes:
         self.call_r, self.call_w = os.pipe()
         self.result_r, self.result_w = os.pipe()
         for fd in (self.call_w, self.result_w):
-            try:
+            with contextlib.suppress(OSError):  # a lowered pipe-max-size: keep the default
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-            except OSError:  # pragma: no cover - a lowered pipe-max-size
-                pass
         os.set_blocking(self.call_w, False)
         os.set_blocking(self.result_r, False)
 
@@ -121,10 +118,8 @@ class WorkerPipes:
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 class ForkServer:
@@ -183,7 +178,7 @@ class ForkServer:
 
     def read_messages(self) -> list[tuple[int, int, int]] | None:
         """Return the messages waiting (op, a, b) without blocking; None on EOF."""
-        messages = []
+        messages: list[tuple[int, int, int]] = []
         while True:
             try:
                 msg = self.sock.recv(_forkserver.MESSAGE.size, socket.MSG_DONTWAIT)
@@ -192,7 +187,7 @@ class ForkServer:
             except OSError:
                 return None
             if not msg:
-                return None if not messages else messages
+                return messages if messages else None
             messages.append(_forkserver.MESSAGE.unpack(msg))
 
     def close(self, timeout: float) -> None:

@@ -13,7 +13,7 @@ import importlib
 import math
 import re
 from collections.abc import Callable
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -99,10 +99,8 @@ def check_positive_int(name: str, value: object, *, allow_zero: bool = False) ->
 def check_restart(value: object) -> Restart:
     """Return ``value`` if it is a restart policy name, else raise ValueError."""
     if value not in RESTARTS:
-        raise ValueError(
-            f"restart must be 'temporary', 'transient' or 'permanent', got {value!r}"
-        )
-    return cast(Restart, value)
+        raise ValueError(f"restart must be 'temporary', 'transient' or 'permanent', got {value!r}")
+    return value
 
 
 def check_shutdown(value: object) -> Shutdown:
@@ -110,9 +108,7 @@ def check_shutdown(value: object) -> Shutdown:
     if value == "brutal_kill":
         return "brutal_kill"
     if isinstance(value, str):
-        raise ValueError(
-            f"shutdown must be a number of seconds or 'brutal_kill', got {value!r}"
-        )
+        raise ValueError(f"shutdown must be a number of seconds or 'brutal_kill', got {value!r}")
     return check_duration("shutdown", value)
 
 

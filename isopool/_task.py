@@ -11,6 +11,7 @@ and are read and written only under the monitor's lock.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
@@ -49,11 +50,24 @@ class Task(Future[R], Generic[R]):
     id: int
     name: str
     attempts: int
+    # Monitor-owned bookkeeping (read and written only under the monitor's lock):
+    priority: int
+    seq: int
+    queued: bool
+    _owner: _Owner
+    _payload: bytes
+    _options: TaskOptions
+    _intensity: RestartIntensity | None
+    _dispatched: bool
+    _worker: object | None
+    _pid: int | None
+    _deadline: float | None
+    _started_at: float | None
+    _kill_requested: bool
 
     def __init__(self) -> None:
         raise TypeError(
-            "Task has no public constructor; get one from Pool.submit or "
-            "TaskSupervisor.async_"
+            "Task has no public constructor; get one from Pool.submit or TaskSupervisor.async_"
         )
 
     @classmethod
@@ -66,7 +80,7 @@ class Task(Future[R], Generic[R]):
         options: TaskOptions,
         intensity: RestartIntensity | None,
     ) -> Task[Any]:
-        self: Task[Any] = cls.__new__(cls)
+        self = cls.__new__(cls)
         Future.__init__(self)
         self.id = task_id
         self.name = name
@@ -80,10 +94,10 @@ class Task(Future[R], Generic[R]):
         self.seq = task_id
         self.queued = False
         self._dispatched = False  # set_running_or_notify_cancel has been called
-        self._worker: object | None = None
-        self._pid: int | None = None
-        self._deadline: float | None = None
-        self._started_at: float | None = None
+        self._worker = None
+        self._pid = None
+        self._deadline = None
+        self._started_at = None
         self._kill_requested = False
         return self
 
@@ -135,18 +149,15 @@ class Task(Future[R], Generic[R]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
         if not already_cancelled:
-            self._invoke_callbacks()
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's own helper
         return True
 
     def _wait_stopped(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""
-        try:
+        with contextlib.suppress(CancelledError, TimeoutError):
             self.exception(timeout)
-        except (CancelledError, TimeoutError):
-            pass
 
 
 def on_monitor_thread(thread: threading.Thread | None) -> bool:
     """Whether the caller runs on ``thread`` (where blocking on a task would deadlock)."""
     return thread is threading.current_thread()
-

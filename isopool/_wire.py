@@ -130,7 +130,8 @@ def dumps(obj: object) -> bytes:
         return data
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return bytes(data)
 
 
 def dumps_call(

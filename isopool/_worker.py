@@ -195,7 +195,7 @@ def _flush_stdio() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:  # noqa: S110 - a closed or broken stdout must not kill the worker
+        except Exception:
             pass
 
 

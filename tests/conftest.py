@@ -1,0 +1,94 @@
+"""Fixtures: pools that are always shut down, and a check that no process leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import isopool
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """Every live descendant pid of ``root`` (default: this process), from /proc."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        state, ppid = fields[0], int(fields[1])
+        if state == "Z":
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_orphans() -> Iterator[None]:
+    """Fail a test that leaves any child process of the test runner behind."""
+    before = descendants()
+    yield
+    if wait_for(lambda: not (descendants() - before), timeout=10.0):
+        return
+    leaked = descendants() - before
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pytest.fail(f"processes left behind by the test: {sorted(leaked)}")
+
+
+@pytest.fixture
+def pool() -> Iterator[isopool.Pool]:
+    """A two-worker pool, terminated after the test whatever happened."""
+    p = isopool.Pool(2)
+    try:
+        yield p
+    finally:
+        p.terminate()
+
+
+@pytest.fixture
+def one_worker() -> Iterator[isopool.Pool]:
+    """A one-worker pool, terminated after the test."""
+    p = isopool.Pool(1)
+    try:
+        yield p
+    finally:
+        p.terminate()
