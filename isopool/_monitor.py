@@ -668,7 +668,7 @@ class Monitor:
             head = worker.tasks[0] if worker.tasks else None
             if head is not None and head._deadline is not None and now >= head._deadline:
                 head._deadline = None
-                log.warning(
+                log.info(
                     "pool %r: task %d (%s) timed out after %s s; stopping worker %s",
                     self.name,
                     head.id,

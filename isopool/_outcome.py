@@ -120,6 +120,10 @@ class Outcome:
             return f"timed out after {task.options.timeout} s"
         if self.kind == "ok":
             return "returned"
+        if self.kind == "raised":
+            return "raised an exception"
+        if self.kind in ("bad_payload", "bad_call"):
+            return "failed to (un)pickle"
         return "failed"
 
     def log_restart(self, pool: str, intensity: RestartIntensity) -> None:

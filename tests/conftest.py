@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -67,10 +68,8 @@ def no_orphans() -> Iterator[None]:
         return
     leaked = descendants() - before
     for pid in leaked:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     pytest.fail(f"processes left behind by the test: {sorted(leaked)}")
 
 

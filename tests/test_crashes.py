@@ -28,32 +28,47 @@ HANG_TIMEOUT = 1.0
 CASES = {
     # call pickle in the parent
     "raise-at-call-pickle-in-parent": (
-        _payloads.take, (_payloads.ActAtPickle("raise"),), isopool.SerializationError,
+        _payloads.take,
+        (_payloads.ActAtPickle("raise"),),
+        isopool.SerializationError,
         {"side": "parent", "what": "call pickle"},
     ),
     "sys-exit-at-call-pickle-in-parent": (
-        _payloads.take, (_payloads.ActAtPickle("sys_exit"),), isopool.SerializationError,
+        _payloads.take,
+        (_payloads.ActAtPickle("sys_exit"),),
+        isopool.SerializationError,
         {"side": "parent", "what": "call pickle"},
     ),
     # call unpickle in the worker
     "segfault-at-call-unpickle-in-worker": (
-        _payloads.take, (_payloads.ActAtUnpickle("segfault"),), isopool.TaskCrashError,
+        _payloads.take,
+        (_payloads.ActAtUnpickle("segfault"),),
+        isopool.TaskCrashError,
         {"signal": "SIGSEGV"},
     ),
     "exit-at-call-unpickle-in-worker": (
-        _payloads.take, (_payloads.ActAtUnpickle("exit"),), isopool.TaskCrashError,
+        _payloads.take,
+        (_payloads.ActAtUnpickle("exit"),),
+        isopool.TaskCrashError,
         {"exitcode": 7, "signal": None},
     ),
     "sys-exit-at-call-unpickle-in-worker": (
-        _payloads.take, (_payloads.ActAtUnpickle("sys_exit"),), isopool.TaskCrashError,
+        _payloads.take,
+        (_payloads.ActAtUnpickle("sys_exit"),),
+        isopool.TaskCrashError,
         {"exitcode": 5},
     ),
     "raise-at-call-unpickle-in-worker": (
-        _payloads.take, (_payloads.ActAtUnpickle("raise"),), isopool.SerializationError,
+        _payloads.take,
+        (_payloads.ActAtUnpickle("raise"),),
+        isopool.SerializationError,
         {"side": "worker", "what": "call unpickle"},
     ),
     "hang-at-call-unpickle-in-worker": (
-        _payloads.take, (_payloads.ActAtUnpickle("hang"),), isopool.TaskTimeoutError, {},
+        _payloads.take,
+        (_payloads.ActAtUnpickle("hang"),),
+        isopool.TaskTimeoutError,
+        {},
     ),
     # the run
     "segfault-at-run": (_tasks.segfault, (), isopool.TaskCrashError, {"signal": "SIGSEGV"}),
@@ -64,30 +79,46 @@ CASES = {
     "busy-hang-at-run": (_tasks.busy_hang, (), isopool.TaskTimeoutError, {}),
     # result pickle in the worker
     "segfault-at-result-pickle-in-worker": (
-        _payloads.return_act_at_pickle, ("segfault",), isopool.TaskCrashError,
+        _payloads.return_act_at_pickle,
+        ("segfault",),
+        isopool.TaskCrashError,
         {"signal": "SIGSEGV"},
     ),
     "exit-at-result-pickle-in-worker": (
-        _payloads.return_act_at_pickle, ("exit",), isopool.TaskCrashError, {"exitcode": 7},
+        _payloads.return_act_at_pickle,
+        ("exit",),
+        isopool.TaskCrashError,
+        {"exitcode": 7},
     ),
     "sys-exit-at-result-pickle-in-worker": (
-        _payloads.return_act_at_pickle, ("sys_exit",), isopool.TaskCrashError,
+        _payloads.return_act_at_pickle,
+        ("sys_exit",),
+        isopool.TaskCrashError,
         {"exitcode": 5},
     ),
     "raise-at-result-pickle-in-worker": (
-        _payloads.return_act_at_pickle, ("raise",), isopool.SerializationError,
+        _payloads.return_act_at_pickle,
+        ("raise",),
+        isopool.SerializationError,
         {"side": "worker", "what": "result pickle"},
     ),
     "hang-at-result-pickle-in-worker": (
-        _payloads.return_act_at_pickle, ("hang",), isopool.TaskTimeoutError, {},
+        _payloads.return_act_at_pickle,
+        ("hang",),
+        isopool.TaskTimeoutError,
+        {},
     ),
     # result unpickle in the parent
     "raise-at-result-unpickle-in-parent": (
-        _payloads.return_act_at_unpickle, ("raise",), isopool.SerializationError,
+        _payloads.return_act_at_unpickle,
+        ("raise",),
+        isopool.SerializationError,
         {"side": "parent", "what": "result unpickle"},
     ),
     "sys-exit-at-result-unpickle-in-parent": (
-        _payloads.return_act_at_unpickle, ("sys_exit",), isopool.SerializationError,
+        _payloads.return_act_at_unpickle,
+        ("sys_exit",),
+        isopool.SerializationError,
         {"side": "parent", "what": "result unpickle"},
     ),
 }
@@ -161,7 +192,8 @@ def test_crash_is_logged_at_warning(caplog):
             task.result(timeout=30)
     records = [r for r in caplog.records if r.name.startswith("isopool")]
     assert any(
-        r.levelname == "WARNING" and f"task {task.id} (exit_with)" in r.getMessage()
+        r.levelname == "WARNING"
+        and f"task {task.id} (exit_with)" in r.getMessage()
         and "exited with code 9" in r.getMessage()
         for r in records
     )
@@ -183,9 +215,8 @@ def test_pipelined_tasks_behind_a_crash_are_redispatched_without_an_attempt():
 
 def test_unpicklable_exception_becomes_serialization_error():
     """An exception that cannot be pickled comes back as SerializationError with its text."""
-    with isopool.Pool(1) as pool:
-        with pytest.raises(isopool.SerializationError) as info:
-            pool.submit(_tasks.raise_unpicklable).result(timeout=30)
+    with isopool.Pool(1) as pool, pytest.raises(isopool.SerializationError) as info:
+        pool.submit(_tasks.raise_unpicklable).result(timeout=30)
     assert info.value.what == "exception pickle"
     assert "Bad" in info.value.type_name
     assert "raise Bad()" in info.value.remote_traceback
@@ -203,9 +234,8 @@ def test_unpicklable_result_names_its_type():
 
 def test_task_exception_keeps_its_type_and_remote_traceback():
     """A task's exception comes back with its own type; the worker traceback is __cause__."""
-    with isopool.Pool(1) as pool:
-        with pytest.raises(ValueError, match="boom") as info:
-            pool.submit(_tasks.raise_value_error, "boom").result(timeout=30)
+    with isopool.Pool(1) as pool, pytest.raises(ValueError, match="boom") as info:
+        pool.submit(_tasks.raise_value_error, "boom").result(timeout=30)
     cause = info.value.__cause__
     assert cause is not None
     assert "raise_value_error" in str(cause)

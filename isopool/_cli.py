@@ -1,0 +1,160 @@
+"""The command line: ``isopool demo`` (and the commands later issues add).
+
+The only module that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, as_completed
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._errors import RestartLimitError, TaskCrashError, TaskTimeoutError
+from ._pool import Pool
+from ._task import Task
+
+__all__ = ["main"]
+
+
+# -- demo tasks (module-level, so workers import them by name) ------------------
+
+
+def count_primes(limit: int) -> int:
+    """Count the primes below ``limit`` the slow way: honest CPU work."""
+    sieve = bytearray([1]) * limit
+    sieve[:2] = b"\x00\x00"
+    for n in range(2, int(limit**0.5) + 1):
+        if sieve[n]:
+            sieve[n * n :: n] = bytes(len(range(n * n, limit, n)))
+    return sum(sieve)
+
+
+def segfault() -> None:
+    """Dereference NULL: the worker dies with SIGSEGV."""
+    ctypes.string_at(0)
+
+
+def hang_forever() -> None:
+    """Sleep for an hour (until the time-out stops it)."""
+    time.sleep(3600)
+
+
+def flaky(counter: str, failures: int) -> str:
+    """Fail the first ``failures`` runs (counted in a file), then succeed."""
+    path = Path(counter)
+    runs = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(runs))
+    if runs <= failures:
+        raise ConnectionError(f"flaky service unavailable (run {runs})")
+    return f"succeeded on run {runs}"
+
+
+# -- the demo -------------------------------------------------------------------
+
+
+class _Painter:
+    def __init__(self, stream: TextIO) -> None:
+        self.color = (
+            hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
+        )
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+
+def demo(workers: int = 2) -> int:
+    """Run a short, visual demo of isolation, time-outs, restarts and results."""
+    paint = _Painter(sys.stdout)
+    print(paint("isopool demo", "1") + f": {workers} worker processes, each task isolated\n")
+    _show_supervisor_log(paint)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, Pool(workers, name="demo") as pool:
+        tasks: dict[Task[Any], str] = {}
+        for limit in (2_000_000, 4_000_000, 8_000_000):
+            tasks[pool.submit(count_primes, limit)] = f"count_primes({limit:,})"
+        tasks[pool.submit(segfault)] = "segfault()  (dereferences NULL)"
+        tasks[pool.options(timeout=1.0).submit(hang_forever)] = "hang_forever()  (timeout=1 s)"
+        retry = pool.options(restart="transient", max_restarts=3)
+        tasks[retry.submit(flaky, os.path.join(tmp, "runs"), 2)] = (
+            "flaky()  (fails twice, restart='transient')"
+        )
+        for limit in (3_000_000, 6_000_000):
+            tasks[pool.submit(count_primes, limit)] = f"count_primes({limit:,})"
+        for done in as_completed(tasks):
+            task = next(t for t in tasks if t is done)
+            print(_describe(task, tasks[task], time.monotonic() - start, paint))
+        stats = pool.stats()
+    print(
+        f"\n{stats['completed']} completed, {stats['crashed']} crashed, "
+        f"{stats['timed_out']} timed out, {stats['restarted']} restarts, "
+        f"{stats['workers_replaced']} workers replaced; the pool never broke "
+        f"({time.monotonic() - start:.1f} s)"
+    )
+    return 0
+
+
+def _show_supervisor_log(paint: _Painter) -> None:
+    """Print isopool's WARNING log lines (crashes, time-outs, restarts), dimmed."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(paint("        supervisor: %(message)s", "2")))
+    logger = logging.getLogger("isopool")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
+def _describe(task: Task[Any], label: str, elapsed: float, paint: _Painter) -> str:
+    where = f"pid {task.pid}, attempt {task.attempts}"
+    stamp = f"{elapsed:5.2f}s"
+    try:
+        value = task.result(timeout=0)
+    except TaskCrashError as exc:
+        return f"{stamp}  {paint('CRASHED', '31')}   {label}: worker {exc.pid} {_reason(exc)}"
+    except TaskTimeoutError as exc:
+        return f"{stamp}  {paint('TIMED OUT', '33')} {label}: worker {exc.pid} stopped"
+    except RestartLimitError as exc:
+        return f"{stamp}  {paint('GAVE UP', '31')}   {label}: {exc}"
+    except CancelledError:
+        return f"{stamp}  {paint('CANCELLED', '33')} {label}"
+    except Exception as exc:
+        return f"{stamp}  {paint('FAILED', '31')}    {label}: {type(exc).__name__}: {exc}"
+    return f"{stamp}  {paint('OK', '32')}        {label} = {value!r}  ({where})"
+
+
+def _reason(exc: TaskCrashError) -> str:
+    if exc.signal:
+        return f"killed by {exc.signal}"
+    return f"exited with code {exc.exitcode}"
+
+
+# -- entry point ------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isopool", description="Every task in its own process, supervised."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_cmd = commands.add_parser("demo", help="show isolation, time-outs and restarts")
+    demo_cmd.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``isopool`` command line; return its exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        if args.workers < 1:
+            print(
+                f"isopool demo: --workers must be at least 1, got {args.workers}", file=sys.stderr
+            )
+            return 2
+        return demo(args.workers)
+    return 2  # pragma: no cover - argparse rejects unknown commands
