@@ -15,8 +15,12 @@
     │                             (never raised because one task crashed)
     ├── ProtocolError             a malformed frame
     │   └── SignatureError        a payload whose signature is missing or wrong
+    ├── MaxChildrenError          also RuntimeError; a TaskSupervisor is at max_children
     ├── NodeDownError             also ConnectionError; a remote node is gone
     └── QueueUnavailableError     also ConnectionError; the shared queue is unreachable
+
+    Shutdown(IsopoolError)        not an error: a task raises it to exit *normally*
+                                  (Elixir's :shutdown), so a transient task is not re-run
 
 *Closed* versus *broken* (as in trio): a pool is closed because its owner called
 ``shutdown``; it is broken only when something outside the caller's control failed
@@ -34,12 +38,14 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "BrokenPoolError",
     "IsopoolError",
+    "MaxChildrenError",
     "NodeDownError",
     "PoolClosedError",
     "ProtocolError",
     "QueueUnavailableError",
     "RestartLimitError",
     "SerializationError",
+    "Shutdown",
     "SignatureError",
     "TaskCrashError",
     "TaskError",
@@ -193,6 +199,19 @@ class BrokenPoolError(IsopoolError, BrokenProcessPool):
     """isopool itself failed (its fork server, a worker initializer): not one task.
 
     Also a ``concurrent.futures.process.BrokenProcessPool``.
+    """
+
+
+class MaxChildrenError(IsopoolError, RuntimeError):
+    """A TaskSupervisor already runs ``max_children`` children (Elixir's ``:max_children``)."""
+
+
+class Shutdown(IsopoolError):  # Elixir's word: a normal exit, so no Error suffix
+    """Raise it in a task to exit normally, as Elixir's ``exit(:shutdown)``.
+
+    A task that raises ``Shutdown`` (or a subclass; ``Shutdown("reason")`` is
+    ``{:shutdown, reason}``) has exited normally: a transient child is not re-run.
+    Awaiting it raises the ``Shutdown`` itself.
     """
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import heapq
 import itertools
 import logging
 import math
@@ -58,10 +59,10 @@ from ._errors import (
     ProtocolError,
 )
 from ._outcome import Outcome, resolve
-from ._policy import RestartIntensity, should_restart
+from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import ForkServer, WorkerPipes, decode_exit, signal_group
 from ._queue import PendingQueue
-from ._spec import TaskOptions, describe_function
+from ._spec import Shutdown, TaskOptions, describe_function
 from ._task import Task
 
 __all__ = ["Monitor", "State"]
@@ -152,6 +153,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._state = State.RUNNING
         self._pending: PendingQueue[Task[Any]] = PendingQueue()
+        # Restarts waiting out their back-off: (due time, seq, task).
+        self._delayed: list[tuple[float, int, Task[Any]]] = []
         self._workers: list[_Worker] = []
         self._by_pid: dict[int, _Worker] = {}
         self._unspawned: list[_Worker] = []
@@ -241,26 +244,41 @@ class Monitor:
         if wake:
             self._wake()
 
-    def kill(self, task: Task[Any], wait: bool) -> bool:
-        """Stop ``task``: see ``Task.kill``."""
+    def kill(
+        self,
+        task: Task[Any],
+        wait: bool,
+        grace: Shutdown | None = None,
+        error: BaseException | None = None,
+    ) -> bool:
+        """Stop ``task``: see ``Task.kill``.
+
+        Args:
+            task: The task to stop.
+            wait: Block until its process is gone (never on the monitor thread).
+            grace: Overrides the task's ``shutdown`` option for this stop.
+            error: Fail the task with this instead of cancelling it.
+        """
         out: list[Outcome] = []
         running = False
         with self._lock:
             if task.done():
                 return False
-            if self._pending.remove(task):
-                out.append(Outcome.cancelled(task))
+            task._kill_error = error
+            task._kill_grace = grace
+            if self._pending.remove(task) or self._delayed_remove_locked(task):
+                out.append(Outcome.stopped(task))
             elif isinstance(task._worker, _Worker):
                 running = True
                 self._kill_assigned_locked(task._worker, task, time.monotonic())
-            elif not task.cancel():
-                return False
+            else:  # pending but never dispatched, or already finishing
+                return not task._dispatched and task.cancel()
             wake = self._take_wake_locked()
         if wake:
             self._wake()
         resolve(out)
         if running and wait and threading.current_thread() is not self._thread:
-            grace = task.options.shutdown
+            grace = task._kill_grace if task._kill_grace is not None else task.options.shutdown
             task._wait_stopped((0.0 if grace == "brutal_kill" else grace) + 10.0)
         return True
 
@@ -271,7 +289,7 @@ class Monitor:
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
             if cancel_futures:
-                out.extend(Outcome.cancelled(t) for t in self._pending.drain())
+                out.extend(Outcome.cancelled(t) for t in self._drain_queued_locked())
         self._wake()
         resolve(out)
         if wait and threading.current_thread() is not self._thread:
@@ -287,7 +305,7 @@ class Monitor:
         with self._lock:
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
-            out.extend(Outcome.cancelled(t) for t in self._pending.drain())
+            out.extend(Outcome.cancelled(t) for t in self._drain_queued_locked())
             now = time.monotonic()
             for worker in list(self._workers):
                 if worker.tasks:
@@ -412,6 +430,16 @@ class Monitor:
             else:
                 self._unregister(worker.pipes.call_w)
 
+    def _drain_queued_locked(self) -> list[Task[Any]]:
+        """Take every task that waits to run (pending or backing off)."""
+        tasks = self._pending.drain()
+        for _due, _seq, task in self._delayed:
+            if task.queued:
+                task.queued = False
+                tasks.append(task)
+        self._delayed.clear()
+        return tasks
+
     def _take_wake_locked(self) -> bool:
         wake, self._need_wake = self._need_wake, False
         return wake
@@ -437,7 +465,9 @@ class Monitor:
         worker.stop_reason = reason
         worker.stop_task = task
         head = task or (worker.tasks[0] if worker.tasks else None)
-        grace = head.options.shutdown if head is not None else _RETIRE_GRACE
+        grace: Shutdown = _RETIRE_GRACE
+        if head is not None:
+            grace = head._kill_grace if head._kill_grace is not None else head.options.shutdown
         brutal = grace == "brutal_kill" or grace == 0
         worker.kill_at = None if brutal else now + float(grace)
         if worker.kill_at is not None and worker.kill_at < self._sleep_until:
@@ -472,6 +502,7 @@ class Monitor:
             for fd, mask in events:
                 self._on_event_locked(fd, mask, now, out)
             self._check_deadlines_locked(now, out)
+            self._release_delayed_locked(now)
             self._replace_workers_locked()
             self._dispatch_locked(now)
             done = self._close_if_idle_locked(now)
@@ -624,12 +655,15 @@ class Monitor:
         if task._started_at is not None:
             run_time = now - task._started_at
             self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
-        if worker.stop_task is task and worker.stop_reason in ("timeout", "kill"):
+        if worker.stop_task is task and worker.stop_reason == "timeout":
+            # The deadline passed before the reply was read: the time-out stands.
             self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
         elif kind == _wire.RESULT:
             self._end_run_locked(task, Outcome.ok(task, payload), now, out)
         elif kind == _wire.ERROR:
             self._end_run_locked(task, Outcome.raised(task, payload), now, out)
+        elif kind == _wire.SHUTDOWN:
+            self._end_run_locked(task, Outcome.shutdown(task, payload), now, out)
         else:
             self._end_run_locked(task, Outcome.bad_payload(task, payload), now, out)
         if worker.tasks:
@@ -638,9 +672,9 @@ class Monitor:
             worker.retired = True  # it exits by itself after its last call
 
     def _stop_outcome(self, worker: _Worker, task: Task[Any]) -> Outcome:
-        if worker.stop_reason == "timeout":
+        if worker.stop_reason == "timeout" and worker.stop_task is task:
             return Outcome.timed_out(task, worker.pid)
-        return Outcome.cancelled(task)
+        return Outcome.stopped(task)
 
     def _end_run_locked(
         self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]
@@ -649,17 +683,54 @@ class Monitor:
         task._deadline = None
         task._started_at = None
         self._stats[outcome.stat] += 1
-        restartable = outcome.kind != "cancelled" and self._state in (State.RUNNING, State.CLOSING)
-        if restartable and should_restart(task.options.restart, outcome.exit):
-            intensity = task._intensity
-            if intensity is not None and intensity.allow(now):
-                self._stats["restarted"] += 1
-                outcome.log_restart(self.name, intensity)
-                self._pending.push(task)
-                return
+        restartable = outcome.kind not in ("cancelled", "error") and self._state in (
+            State.RUNNING,
+            State.CLOSING,
+        )
+        if not (restartable and should_restart(task.options.restart, outcome.exit)):
+            out.append(outcome)
+            return
+        delay = self._restart_delay_locked(task, now)
+        if delay is None:
             out.append(Outcome.restart_limit(task, outcome))
             return
-        out.append(outcome)
+        self._stats["restarted"] += 1
+        outcome.log_restart(self.name, task, delay)
+        if delay > 0:
+            task.queued = True  # so that kill() finds it while it waits
+            heapq.heappush(self._delayed, (now + delay, task.seq, task))
+        else:
+            self._pending.push(task)
+
+    def _restart_delay_locked(self, task: Task[Any], now: float) -> float | None:
+        """Seconds to wait before re-running ``task``; None to give up.
+
+        With ``max_retries`` the task retries on its own budget with exponential
+        back-off and jitter; otherwise OTP's restart intensity decides, at once.
+        """
+        opts = task.options
+        if opts.max_retries is not None:
+            retry = task.attempts  # the retry about to happen: 1, 2, ...
+            if retry > opts.max_retries:
+                return None
+            return backoff_delay(opts.backoff, retry)
+        intensity = task._intensity
+        if intensity is None or not intensity.allow(now):
+            return None
+        return 0.0
+
+    def _delayed_remove_locked(self, task: Task[Any]) -> bool:
+        if not task.queued or not any(entry[2] is task for entry in self._delayed):
+            return False
+        task.queued = False  # the heap entry is skipped when it comes due
+        return True
+
+    def _release_delayed_locked(self, now: float) -> None:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            task = heapq.heappop(delayed)[2]
+            if task.queued:
+                self._pending.push(task)
 
     def _check_deadlines_locked(self, now: float, out: list[Outcome]) -> None:
         for worker in list(self._workers):
@@ -685,7 +756,7 @@ class Monitor:
                 self._finalize_locked(worker, now, out)
 
     def _next_deadline_locked(self) -> float:
-        deadline = math.inf
+        deadline = self._delayed[0][0] if self._delayed else math.inf
         for worker in self._workers:
             if worker.tasks and worker.tasks[0]._deadline is not None:
                 deadline = min(deadline, worker.tasks[0]._deadline)
@@ -730,7 +801,7 @@ class Monitor:
                 else:
                     self._end_run_locked(task, Outcome.crashed(task, worker.pid, info), now, out)
             elif task._kill_requested:
-                self._end_run_locked(task, Outcome.cancelled(task), now, out)
+                self._end_run_locked(task, Outcome.stopped(task), now, out)
             else:
                 self._pending.push(task)  # never started: not an attempt
         if not (tasks or worker.retired or worker.stop_reason) and self._state is State.RUNNING:
@@ -756,7 +827,7 @@ class Monitor:
 
     def _close_if_idle_locked(self, now: float) -> bool:
         """In CLOSING, once no work is left: retire every worker, then close."""
-        if self._state is not State.CLOSING or self._pending:
+        if self._state is not State.CLOSING or self._pending or self._delayed:
             return self._state in (State.CLOSED, State.BROKEN)
         if any(w.tasks for w in self._workers):
             return False
@@ -784,7 +855,7 @@ class Monitor:
                 if isinstance(exc, BrokenPoolError)
                 else BrokenPoolError(f"pool {self.name!r} broke: {exc!r}")
             )
-            for task in self._pending.drain():
+            for task in self._drain_queued_locked():
                 out.append(Outcome.error(task, error))
             for worker in list(self._workers):
                 for task in worker.tasks:

@@ -22,7 +22,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._policy import Exit, RestartIntensity
+    from ._policy import Exit
     from ._process import ExitInfo
     from ._task import Task
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _STATS = {
     "ok": "completed",
+    "shutdown": "completed",
     "raised": "failed",
     "bad_payload": "failed",
     "bad_call": "failed",
@@ -89,6 +90,18 @@ class Outcome:
         return cls("cancelled", task)
 
     @classmethod
+    def stopped(cls, task: Task[Any]) -> Outcome:
+        """The task was stopped by ``kill``: cancelled, or failed with the kill's error."""
+        if task._kill_error is not None:
+            return cls("error", task, task._kill_error)
+        return cls("cancelled", task)
+
+    @classmethod
+    def shutdown(cls, task: Task[Any], payload: bytes) -> Outcome:
+        """The task raised ``isopool.Shutdown``: a normal exit, as Elixir's ``:shutdown``."""
+        return cls("shutdown", task, payload)
+
+    @classmethod
     def error(cls, task: Task[Any], exc: BaseException) -> Outcome:
         """The task fails with ``exc`` as it is (BrokenPoolError...)."""
         return cls("error", task, exc)
@@ -103,7 +116,7 @@ class Outcome:
     @property
     def exit(self) -> Exit:
         """``normal`` if the task returned, else ``abnormal`` (OTP's terms)."""
-        return "normal" if self.kind == "ok" else "abnormal"
+        return "normal" if self.kind in ("ok", "shutdown") else "abnormal"
 
     @property
     def stat(self) -> str:
@@ -120,24 +133,30 @@ class Outcome:
             return f"timed out after {task.options.timeout} s"
         if self.kind == "ok":
             return "returned"
+        if self.kind == "shutdown":
+            return "shut down"
         if self.kind == "raised":
             return "raised an exception"
         if self.kind in ("bad_payload", "bad_call"):
             return "failed to (un)pickle"
         return "failed"
 
-    def log_restart(self, pool: str, intensity: RestartIntensity) -> None:
-        """Log, at WARNING, that the task is being restarted after this outcome."""
-        task = self.task
+    def log_restart(self, pool: str, task: Task[Any], delay: float) -> None:
+        """Log, at WARNING, that ``task`` is re-run after this outcome."""
+        opts = task.options
+        if opts.max_retries is not None:
+            budget = f"retry {task.attempts} of {opts.max_retries}, in {delay:.2f} s"
+        else:
+            intensity = task._intensity
+            recent = intensity.recent if intensity is not None else 0
+            budget = f"restart {recent} of {opts.max_restarts} within {opts.max_seconds} s"
         log.warning(
-            "pool %r: task %d (%s) %s; restarting it (restart %d of %d within %s s)",
-            pool,
+            "%s: task %d (%s) %s; restarting it (%s)",
+            task._label or f"pool {pool!r}",
             task.id,
             task.name,
             self.reason(),
-            intensity.recent,
-            intensity.max_restarts,
-            intensity.max_seconds,
+            budget,
         )
 
     @staticmethod
@@ -152,7 +171,7 @@ class Outcome:
         """The exception this outcome fails the task with; None for a value."""
         task = self.task
         kind = self.kind
-        if kind == "raised":
+        if kind in ("raised", "shutdown"):
             try:
                 return _wire.loads_exception(self.data)
             except (Exception, SystemExit) as exc:  # user code ran in __reduce__

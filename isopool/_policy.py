@@ -9,11 +9,15 @@ anything, so it is tested with a fake clock.
 from __future__ import annotations
 
 import collections
-from typing import Literal
+import random
+from typing import Final, Literal
 
 from ._spec import Restart
 
-__all__ = ["Exit", "RestartIntensity", "should_restart"]
+__all__ = ["MAX_BACKOFF", "Exit", "RestartIntensity", "backoff_delay", "should_restart"]
+
+MAX_BACKOFF: Final = 60.0  # seconds; past a minute a retry loop has stopped being a loop
+
 
 Exit = Literal["normal", "abnormal"]
 """How a run ended: ``normal`` (returned, or raised ``isopool.Shutdown``) or ``abnormal``."""
@@ -28,6 +32,18 @@ def should_restart(restart: Restart, exit: Exit) -> bool:
     if restart == "permanent":
         return True
     return restart == "transient" and exit == "abnormal"
+
+
+def backoff_delay(base: float, retry: int, rand: random.Random | None = None) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...): exponential, jittered.
+
+    The delay doubles per retry from ``base`` up to ``MAX_BACKOFF``, then "equal
+    jitter" keeps it in [d/2, d], so retries of many tasks do not stampede together.
+    """
+    delay = min(MAX_BACKOFF, base * 2 ** (retry - 1))
+    uniform = rand.uniform if rand is not None else random.uniform
+    jitter = uniform(0, delay / 2)
+    return delay / 2 + jitter
 
 
 class RestartIntensity:

@@ -201,6 +201,10 @@ class TaskOptions:
         shutdown: Grace seconds between SIGTERM and SIGKILL, or "brutal_kill".
         memory_limit: Bytes the worker may hold while running the task, or None.
         priority: 0 (most urgent) to 9; pending tasks start by priority, then FIFO.
+        max_retries: None (default) for OTP's restart intensity; a number for a
+            per-task retry budget with exponential back-off instead.
+        backoff: Seconds before the first retry when ``max_retries`` is set; each
+            retry doubles it (up to 60 s), with jitter.
     """
 
     timeout: float | None = None
@@ -210,6 +214,8 @@ class TaskOptions:
     shutdown: Shutdown = 5.0
     memory_limit: int | None = None
     priority: int = DEFAULT_PRIORITY
+    max_retries: int | None = None
+    backoff: float = 0.1
 
     @classmethod
     def build(
@@ -222,6 +228,8 @@ class TaskOptions:
         shutdown: object = 5.0,
         memory_limit: object = None,
         priority: object = DEFAULT_PRIORITY,
+        max_retries: object = None,
+        backoff: object = 0.1,
     ) -> TaskOptions:
         """Validate every option and return the frozen set; raise on the first bad one."""
         return cls(
@@ -232,6 +240,12 @@ class TaskOptions:
             shutdown=check_shutdown(shutdown),
             memory_limit=parse_memory_limit(memory_limit),
             priority=check_priority(priority),
+            max_retries=(
+                None
+                if max_retries is None
+                else check_positive_int("max_retries", max_retries, allow_zero=True)
+            ),
+            backoff=check_duration("backoff", backoff),
         )
 
     def replace(self, **changes: object) -> TaskOptions:

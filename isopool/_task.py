@@ -17,7 +17,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ._spec import TaskOptions
+from ._spec import Shutdown, TaskOptions
 
 if TYPE_CHECKING:
     from ._policy import RestartIntensity
@@ -64,6 +64,9 @@ class Task(Future[R], Generic[R]):
     _deadline: float | None
     _started_at: float | None
     _kill_requested: bool
+    _kill_error: BaseException | None
+    _kill_grace: Shutdown | None
+    _label: str | None
 
     def __init__(self) -> None:
         raise TypeError(
@@ -99,6 +102,9 @@ class Task(Future[R], Generic[R]):
         self._deadline = None
         self._started_at = None
         self._kill_requested = False
+        self._kill_error = None  # fail with this instead of CancelledError when stopped
+        self._kill_grace = None  # overrides options.shutdown for one stop
+        self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         return self
 
     def __repr__(self) -> str:

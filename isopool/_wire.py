@@ -4,7 +4,7 @@ A frame is a fixed 16-byte header followed by its payload::
 
     offset  size  field
     0       1     version   (VERSION; anything else is a ProtocolError)
-    1       1     kind      (CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED)
+    1       1     kind      (CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN)
     2       2     flags     (reserved, 0)
     4       4     length    payload bytes, little-endian
     8       8     task id   little-endian
@@ -33,6 +33,7 @@ __all__ = [
     "INIT_FAILED",
     "MAX_PAYLOAD",
     "RESULT",
+    "SHUTDOWN",
     "FrameReader",
     "RemoteTraceback",
     "dumps",
@@ -51,7 +52,8 @@ RESULT: Final = 2  # worker -> parent: the return value
 ERROR: Final = 3  # worker -> parent: (exception, traceback text)
 BAD_PAYLOAD: Final = 4  # worker -> parent: (what, type name, message, traceback text)
 INIT_FAILED: Final = 5  # worker -> parent: the initializer raised; (type, message, tb)
-_KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED})
+SHUTDOWN: Final = 6  # worker -> parent: the task raised isopool.Shutdown (a normal exit)
+_KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN})
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).

@@ -15,7 +15,7 @@ What the worker does with each failure, so that the parent can pin it on one tas
   that code, which the parent reports as a crash of that task;
 - a segfault, ``os._exit`` or a signal: the worker just dies; the parent sees it.
 
-Imports only ``_wire`` (and ``_spec`` lazily for names): worker start-up is a
+Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names): worker start-up is a
 benchmark figure, and the fork server has imported all of this already.
 """
 
@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from . import _wire
+from ._errors import Shutdown
 
 __all__ = ["run_chunk", "serve"]
 
@@ -147,7 +148,8 @@ def _send_exception(result_fd: int, task_id: int, exc: BaseException) -> None:
     if data is None:
         _send_bad_payload(result_fd, task_id, "exception pickle", exc, original=exc)
     else:
-        _send(result_fd, _wire.ERROR, task_id, data)
+        kind = _wire.SHUTDOWN if isinstance(exc, Shutdown) else _wire.ERROR
+        _send(result_fd, kind, task_id, data)
 
 
 def _send_bad_payload(
