@@ -12,32 +12,42 @@ A guide, in the order of Elixir's ``Task`` docs:
 4. Restarts: ``restart="transient"`` re-runs a failed task, at most
    ``max_restarts`` times within ``max_seconds`` (``RestartLimitError``).
 5. The Executor drop-in: ``Pool`` is a ``concurrent.futures.Executor``.
+6. Elixir's Task API: ``Task.async_``/``await_``/``yield_``/``shutdown``,
+   ``async_stream``, linked tasks in a ``TaskGroup``, and ``TaskSupervisor``.
 """
 
 # Layout: _errors (exceptions) · _spec (task options) · _policy (restart logic) ·
 # _wire (frames, pickling) · _worker (the worker loop) · _forkserver / _process (OS
 # processes) · _monitor (the supervising thread) · _outcome (settling futures) ·
-# _queue (pending tasks) · _task (Task) · _pool (Pool) · _cli (the command line).
+# _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
+# _many (await_many, yield_many) · _stream (async_stream) · _supervisor
+# (TaskSupervisor) · _cli (the command line).
 
 from __future__ import annotations
 
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
+from ._errors import MaxChildrenError as MaxChildrenError
 from ._errors import NodeDownError as NodeDownError
 from ._errors import PoolClosedError as PoolClosedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QueueUnavailableError as QueueUnavailableError
 from ._errors import RestartLimitError as RestartLimitError
 from ._errors import SerializationError as SerializationError
+from ._errors import Shutdown as Shutdown
 from ._errors import SignatureError as SignatureError
 from ._errors import TaskCrashError as TaskCrashError
 from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._group import TaskGroup as TaskGroup
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
 from ._spec import Restart as Restart
-from ._spec import Shutdown as Shutdown
+from ._spec import ShutdownTimeout as ShutdownTimeout
 from ._spec import TaskOptions as TaskOptions
+from ._supervisor import SupervisorOptions as SupervisorOptions
+from ._supervisor import TaskSupervisor as TaskSupervisor
+from ._task import Reply as Reply
 from ._task import Task as Task
 
 __version__ = "0.1.0"
@@ -45,21 +55,27 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokenPoolError",
     "IsopoolError",
+    "MaxChildrenError",
     "NodeDownError",
     "Pool",
     "PoolClosedError",
     "PoolOptions",
     "ProtocolError",
     "QueueUnavailableError",
+    "Reply",
     "Restart",
     "RestartLimitError",
     "SerializationError",
     "Shutdown",
+    "ShutdownTimeout",
     "SignatureError",
+    "SupervisorOptions",
     "Task",
     "TaskCrashError",
     "TaskError",
+    "TaskGroup",
     "TaskOptions",
+    "TaskSupervisor",
     "TaskTimeoutError",
     "__version__",
 ]

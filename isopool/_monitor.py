@@ -62,7 +62,7 @@ from ._outcome import Outcome, resolve
 from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import ForkServer, WorkerPipes, decode_exit, signal_group
 from ._queue import PendingQueue
-from ._spec import Shutdown, TaskOptions, describe_function
+from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
 
 __all__ = ["Monitor", "State"]
@@ -248,7 +248,7 @@ class Monitor:
         self,
         task: Task[Any],
         wait: bool,
-        grace: Shutdown | None = None,
+        grace: ShutdownTimeout | None = None,
         error: BaseException | None = None,
     ) -> bool:
         """Stop ``task``: see ``Task.kill``.
@@ -465,7 +465,7 @@ class Monitor:
         worker.stop_reason = reason
         worker.stop_task = task
         head = task or (worker.tasks[0] if worker.tasks else None)
-        grace: Shutdown = _RETIRE_GRACE
+        grace: ShutdownTimeout = _RETIRE_GRACE
         if head is not None:
             grace = head._kill_grace if head._kill_grace is not None else head.options.shutdown
         brutal = grace == "brutal_kill" or grace == 0

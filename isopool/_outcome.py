@@ -268,7 +268,7 @@ def resolve(outcomes: list[Outcome]) -> None:
             except (Exception, SystemExit) as error:  # user code ran in __reduce__
                 exc = _serialization_error(task, "parent", "result unpickle", error)
         if outcome.kind in ("crashed", "timed_out"):
-            log.warning("%s", exc)
+            log.warning("%s%s", f"{task._label}: " if task._label else "", exc)
         try:
             if exc is None:
                 task.set_result(value)

@@ -32,6 +32,7 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 from . import _wire
 from ._errors import PoolClosedError
 from ._monitor import Monitor, State
+from ._policy import RestartIntensity
 from ._spec import (
     TaskOptions,
     check_positive_int,
@@ -40,7 +41,7 @@ from ._spec import (
 from ._task import Task
 from ._worker import run_chunk
 
-__all__ = ["Pool", "PoolOptions"]
+__all__ = ["Pool", "PoolOptions", "at_exit", "default_pool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +55,9 @@ _pool_ids = itertools.count(1)
 _live_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
+_exit_callbacks: list[Callable[[], None]] = []
+_default_pool: Pool | None = None
+_default_lock = threading.Lock()
 
 
 class Pool(Executor):
@@ -310,6 +314,8 @@ class Pool(Executor):
         args: tuple[object, ...],
         kwargs: dict[str, object],
         options: TaskOptions,
+        intensity: RestartIntensity | None = None,
+        label: str | None = None,
     ) -> Task[Any]:
         if isinstance(fn, str):
             if fn not in self._names:
@@ -319,7 +325,8 @@ class Pool(Executor):
             raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
         if self._monitor.state is not State.RUNNING:
             self._monitor.submit_check()
-        task = self._monitor.new_task(fn, args, kwargs, options)
+        task = self._monitor.new_task(fn, args, kwargs, options, intensity)
+        task._label = label
         self._monitor.submit(task)
         return task
 
@@ -456,8 +463,34 @@ def _register_exit_hook() -> None:
         _exit_hook_registered = True
 
 
+def default_pool() -> Pool:
+    """Return the pool that ``Task.async_`` and friends use, creating it on first use.
+
+    It has one worker per available CPU and is shut down at interpreter exit.
+    """
+    global _default_pool
+    with _default_lock:
+        pool = _default_pool
+        if pool is None or pool._monitor.state is not State.RUNNING:
+            pool = _default_pool = Pool(name="default")
+        return pool
+
+
+def at_exit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at interpreter exit, before pools finish their queued work.
+
+    Used to stop linked tasks first: a task linked to the program must not be
+    waited for.
+    """
+    _register_exit_hook()
+    with _exit_hook_lock:
+        _exit_callbacks.append(callback)
+
+
 def _at_exit() -> None:
     """Finish every pool's queued work, or stop it at once after Ctrl-C."""
+    for callback in list(_exit_callbacks):
+        callback()
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for monitor in list(_live_monitors):
         if interrupted:

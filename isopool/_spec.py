@@ -19,7 +19,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
     "MAX_PRIORITY",
     "Restart",
-    "Shutdown",
+    "ShutdownTimeout",
     "TaskOptions",
     "check_duration",
     "check_positive_int",
@@ -32,7 +32,7 @@ __all__ = [
 Restart = Literal["temporary", "transient", "permanent"]
 """OTP's restart policies: never re-run, re-run after an abnormal exit, always re-run."""
 
-Shutdown = float | Literal["brutal_kill"]
+ShutdownTimeout = float | Literal["brutal_kill"]
 """Seconds of grace between SIGTERM and SIGKILL, or ``"brutal_kill"`` for SIGKILL at once."""
 
 RESTARTS: Final = ("temporary", "transient", "permanent")
@@ -103,7 +103,7 @@ def check_restart(value: object) -> Restart:
     return value
 
 
-def check_shutdown(value: object) -> Shutdown:
+def check_shutdown(value: object) -> ShutdownTimeout:
     """Return a grace period in seconds or ``"brutal_kill"``, else raise."""
     if value == "brutal_kill":
         return "brutal_kill"
@@ -211,7 +211,7 @@ class TaskOptions:
     restart: Restart = "temporary"
     max_restarts: int = 3
     max_seconds: float = 5.0
-    shutdown: Shutdown = 5.0
+    shutdown: ShutdownTimeout = 5.0
     memory_limit: int | None = None
     priority: int = DEFAULT_PRIORITY
     max_retries: int | None = None

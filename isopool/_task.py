@@ -1,37 +1,119 @@
-"""Task: the handle of one task, a ``concurrent.futures.Future`` with process controls.
+"""Task: the handle of one task, a ``concurrent.futures.Future`` with Elixir's functions.
 
-A Task is what ``Pool.submit`` returns. Being a real ``Future``, it works with
-``concurrent.futures.wait``, ``as_completed`` and ``asyncio.wrap_future``. It adds
-what a process can offer: the ``pid`` of the worker running it, how many
-``attempts`` it took, and ``kill()``. It has no public constructor.
+A Task is what ``Pool.submit`` and ``Task.async_`` return. Being a real ``Future``, it
+works with ``concurrent.futures.wait``, ``as_completed``, ``asyncio.wrap_future`` and
+``await``. It adds what a process can offer (``pid``, ``attempts``, ``kill()``) and
+Elixir's ``Task`` functions, each both a method and a class-level function in Elixir's
+spelling (``Task.await_(task, 2.0)`` is ``task.await_(2.0)``)::
 
-The bookkeeping fields (worker, deadline, restart history) belong to the monitor
-and are read and written only under the monitor's lock.
+    Task.async_(fn, *args)        run fn in a worker process; a handle to await
+    Task.start(fn, *args)         fire and forget; the program's exit waits for it
+    Task.start_link(fn, *args)    fire and forget, linked to its TaskGroup/the program
+    task.await_(timeout=5.0)      the result; on time-out the task is stopped
+    task.yield_(timeout=5.0)      a Reply if it finished in time, else None
+    task.shutdown(5.0)            stop it (polite, then brutal); a Reply if it raced in
+    task.ignore()                 unlink it and never await it
+    Task.await_many / yield_many / async_stream / completed
+
+Class-level functions run on a default pool (one worker per CPU) created on first
+use. It has no public constructor. The bookkeeping fields (worker, deadline, restart
+history) belong to the monitor and are read and written only under its lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import threading
-from concurrent.futures import CancelledError, Future
+import logging
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from ._spec import Shutdown, TaskOptions
+from ._errors import Shutdown as ShutdownExit
+from ._errors import TaskTimeoutError
+from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown
 
 if TYPE_CHECKING:
     from ._policy import RestartIntensity
 
-__all__ = ["Task"]
+__all__ = ["Reply", "Task"]
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+T = TypeVar("T")
+P = ParamSpec("P")
+OnTimeout = Literal["nothing", "ignore", "kill_task"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[R]):
+    """How a task ended, as Elixir's ``{:ok, value}`` or ``{:exit, reason}``.
+
+    ``yield_``, ``shutdown``, ``ignore``, ``yield_many`` and ``async_stream`` return
+    Replies instead of raising. Match on them::
+
+        match task.yield_(1.0):
+            case Reply("ok", value): ...
+            case Reply("exit", reason): ...
+            case None: ...  # still running
+
+    Attributes:
+        status: ``"ok"`` (the task returned) or ``"exit"`` (it did not).
+        value: For ``"ok"`` the task's return value; for ``"exit"`` the reason: the
+            task's exception, ``"timeout"``, or ``"killed"`` when it was stopped.
+    """
+
+    status: Literal["ok", "exit"]
+    value: Any
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task returned a value."""
+        return self.status == "ok"
+
+    @property
+    def reason(self) -> object:
+        """Why the task exited (None for ``"ok"``)."""
+        return None if self.status == "ok" else self.value
+
+    @classmethod
+    def of(cls, task: Future[Any]) -> Reply[Any]:
+        """The Reply of a finished ``task``."""
+        if task.cancelled():
+            return cls("exit", "killed")
+        exc = task.exception(timeout=0)
+        if exc is not None:
+            return cls("exit", exc)
+        return cls("ok", task.result(timeout=0))
 
 
 class _Owner(Protocol):
     """What a Task needs from whoever runs it (the monitor): a way to stop it."""
 
-    def kill(self, task: Task[Any], wait: bool) -> bool:
+    def kill(
+        self,
+        task: Task[Any],
+        wait: bool,
+        grace: ShutdownTimeout | None = None,
+        error: BaseException | None = None,
+    ) -> bool:
         """Stop ``task``; see ``Task.kill``."""
+
+
+class _Finished:
+    """The owner of ``Task.completed`` tasks: there is nothing to stop."""
+
+    def kill(
+        self,
+        task: Task[Any],
+        wait: bool,
+        grace: ShutdownTimeout | None = None,
+        error: BaseException | None = None,
+    ) -> bool:
+        return False
 
 
 class Task(Future[R], Generic[R]):
@@ -65,8 +147,13 @@ class Task(Future[R], Generic[R]):
     _started_at: float | None
     _kill_requested: bool
     _kill_error: BaseException | None
-    _kill_grace: Shutdown | None
+    _kill_grace: ShutdownTimeout | None
     _label: str | None
+    # Task-owned state (the Elixir API):
+    _awaited: bool  # await_ was called: a second call is an error
+    _unlink: Callable[[Task[Any]], None] | None  # how to leave its group/program link
+    _program_linked: bool  # linked to the program: an unretrieved failure is logged
+    _retrieved: bool  # someone looked at the outcome (result, exception, yield_...)
 
     def __init__(self) -> None:
         raise TypeError(
@@ -105,6 +192,10 @@ class Task(Future[R], Generic[R]):
         self._kill_error = None  # fail with this instead of CancelledError when stopped
         self._kill_grace = None  # overrides options.shutdown for one stop
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
+        self._awaited = False
+        self._unlink = None
+        self._program_linked = False
+        self._retrieved = False
         return self
 
     def __repr__(self) -> str:
@@ -142,6 +233,256 @@ class Task(Future[R], Generic[R]):
         """
         return self._owner.kill(self, wait)
 
+    def result(self, timeout: float | None = None) -> R:
+        """As ``Future.result``: the task's return value, or raise its exception."""
+        self._retrieved = True
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``: the task's exception, or None."""
+        self._retrieved = True
+        return super().exception(timeout)
+
+    def __del__(self) -> None:
+        # A linked task's failure must never be silently lost (as asyncio's "Task
+        # exception was never retrieved"): log it when nobody looked at it.
+        try:
+            if self._program_linked and not self._retrieved and self._state == FINISHED:
+                exc = self._exception
+                if exc is not None and not isinstance(exc, ShutdownExit):
+                    log.error(
+                        "linked task %d (%s) failed and nobody awaited it",
+                        self.id,
+                        self.name,
+                        exc_info=exc,
+                    )
+        except Exception:
+            pass
+
+    # -- Elixir's Task, per task -----------------------------------------------
+
+    def await_(self, timeout: float | None = 5.0) -> R:
+        """Wait for the task's result, as Elixir's ``Task.await``; once per task.
+
+        Args:
+            timeout: Seconds to wait (OTP's 5.0 by default); None waits for ever.
+
+        Returns:
+            What the task returned.
+
+        Raises:
+            TaskTimeoutError: it did not finish in time; it has been **stopped**
+                (SIGKILL to its process group), as a linked Elixir task dies with
+                its caller.
+            InvalidStateError: ``await_`` was already called, or ``ignore()`` was.
+            BaseException: whatever the task raised, with its own type.
+        """
+        seconds = check_seconds("timeout", timeout)
+        with self._condition:
+            if self._awaited:
+                raise InvalidStateError(
+                    f"task {self.id} ({self.name}) was already awaited or ignored; "
+                    "await_ may be called once per task (use yield_ to poll)"
+                )
+            self._awaited = True
+        try:
+            return self.result(seconds)
+        except TimeoutError:
+            if self.done():
+                raise  # the task itself raised a TimeoutError
+        error = TaskTimeoutError(
+            f"task {self.id} ({self.name}) did not reply within {seconds} s; it was stopped",
+            task_id=self.id,
+            task_name=self.name,
+            timeout=seconds,
+            pid=self._pid,
+        )
+        if self._owner.kill(self, True, "brutal_kill", error):
+            raise error
+        return self.result(0)  # it finished while we were stopping it
+
+    def yield_(self, timeout: float | None = 5.0) -> Reply[R] | None:
+        """Wait up to ``timeout`` seconds; the Reply if the task finished, else None.
+
+        Unlike ``await_``, a time-out leaves the task running, and ``yield_`` may be
+        called again (Elixir's ``Task.yield``).
+        """
+        seconds = check_seconds("timeout", timeout)
+        with contextlib.suppress(TimeoutError, CancelledError):
+            self.exception(seconds)
+        return Reply.of(self) if self.done() else None
+
+    def shutdown(self, timeout: float | Literal["brutal_kill"] = 5.0) -> Reply[R] | None:
+        """Stop the task: SIGTERM, wait ``timeout`` seconds, then SIGKILL.
+
+        As Elixir's ``Task.shutdown``: ``"brutal_kill"`` sends SIGKILL at once. The
+        task's whole process group is stopped.
+
+        Returns:
+            The Reply if the task had finished, or finished while being stopped;
+            None if it was stopped.
+        """
+        grace = check_shutdown(timeout)
+        self._owner.kill(self, True, grace)
+        if self.done() and not self.cancelled():
+            return Reply.of(self)
+        return None
+
+    def ignore(self) -> Reply[R] | None:
+        """Unlink the task and give up on its reply (Elixir 1.13's ``Task.ignore``).
+
+        The task keeps running, no longer tied to its group or to the program's
+        exit; it can no longer be awaited. Returns its Reply if it had already
+        finished, else None.
+        """
+        with self._condition:
+            self._awaited = True
+        if self._unlink is not None:
+            self._unlink(self)
+        return Reply.of(self) if self.done() else None
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await task`` inside asyncio; cancelling the awaiter stops the task."""
+        future = asyncio.wrap_future(self)
+        try:
+            return (yield from future.__await__())
+        except asyncio.CancelledError:
+            self._owner.kill(self, False)
+            raise
+
+    @property
+    def exited_normally(self) -> bool:
+        """Whether it returned or raised ``isopool.Shutdown`` (OTP's normal exits)."""
+        if not self.done() or self.cancelled():
+            return False
+        exc = self.exception(0)
+        return exc is None or isinstance(exc, ShutdownExit)
+
+    # -- Elixir's Task, class-level (on the default pool) ------------------------
+
+    @overload
+    @staticmethod
+    def async_(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+
+    @overload
+    @staticmethod
+    def async_(fn: str, /, *args: object, **kwargs: object) -> Task[Any]: ...
+
+    @staticmethod
+    def async_(fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker process and return its Task.
+
+        ``fn`` is a callable or ``"package.module:function"`` (Elixir's MFA form).
+        The task is linked to the current ``TaskGroup``, or else to the program:
+        it is stopped at exit if still running. Await it with ``await_``.
+        """
+        from ._group import spawn
+
+        return spawn(fn, args, kwargs, link=True)
+
+    @staticmethod
+    def start(fn: Callable[..., object] | str, /, *args: object, **kwargs: object) -> Task[Any]:
+        """Run ``fn`` fire-and-forget, not linked: the program's exit waits for it.
+
+        A failure is logged at ERROR with its traceback.
+        """
+        from ._group import spawn
+
+        return spawn(fn, args, kwargs, link=False, log_failure=True)
+
+    @staticmethod
+    def start_link(
+        fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Task[Any]:
+        """Run ``fn`` fire-and-forget, linked to the current TaskGroup or the program.
+
+        In a group, its abnormal exit stops the group's other tasks and the group
+        raises. Outside one, it is stopped when the program exits (no waiting) and a
+        failure is logged at ERROR.
+        """
+        from ._group import spawn
+
+        return spawn(fn, args, kwargs, link=True, log_failure=True)
+
+    @staticmethod
+    def completed(value: T) -> Task[T]:
+        """Return a Task that already finished with ``value``; no process runs."""
+        task: Task[T] = Task._create(_FINISHED, 0, "completed", b"", TaskOptions(), None)
+        task.set_running_or_notify_cancel()
+        task.set_result(value)
+        return task
+
+    @staticmethod
+    def await_many(tasks: Iterable[Task[Any]], timeout: float | None = 5.0) -> list[Any]:
+        """Await every task; results in order, or the first failure.
+
+        On a failure or a time-out the tasks still running are stopped, then the
+        failure (or ``TaskTimeoutError``) is raised.
+        """
+        from ._many import await_many
+
+        return await_many(list(tasks), check_seconds("timeout", timeout))
+
+    @staticmethod
+    def yield_many(
+        tasks: Iterable[Task[Any]],
+        timeout: float | None = 5.0,
+        *,
+        limit: int | None = None,
+        on_timeout: OnTimeout = "nothing",
+    ) -> list[Reply[Any] | None]:
+        """Wait up to ``timeout`` seconds for the tasks; a Reply or None for each, in order.
+
+        Args:
+            tasks: The tasks to wait for.
+            timeout: Seconds to wait in all; None for ever.
+            limit: Return as soon as this many tasks have finished.
+            on_timeout: What to do with the tasks still running: ``"nothing"``
+                (leave them), ``"ignore"`` (unlink them) or ``"kill_task"`` (stop
+                them brutally).
+        """
+        from ._many import yield_many
+
+        return yield_many(list(tasks), check_seconds("timeout", timeout), limit, on_timeout)
+
+    @staticmethod
+    def async_stream(
+        fn: Callable[..., object] | str,
+        iterable: Iterable[Any],
+        *,
+        max_concurrency: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = 5.0,
+        on_timeout: Literal["exit", "kill_task"] = "exit",
+        zip_input_on_exit: bool = False,
+        progress: bool = False,
+    ) -> Iterator[Reply[Any]]:
+        """Run ``fn(item)`` for each item, lazily; yield a Reply per item.
+
+        Args:
+            fn: A callable or ``"package.module:function"``.
+            iterable: The inputs, consumed lazily (it may be endless).
+            max_concurrency: At most this many tasks run at once (default: one
+                per CPU).
+            ordered: Yield in input order (True) or as tasks finish (False).
+            timeout: Seconds each task may run, its timer starting when it starts.
+            on_timeout: ``"exit"``: stop every task and raise ``TaskTimeoutError``;
+                ``"kill_task"``: yield ``Reply("exit", "timeout")`` and go on.
+            zip_input_on_exit: Exit reasons become ``(input, reason)``.
+            progress: Show a progress bar on a terminal (needs ``isopool[progress]``).
+
+        The tasks are linked: a task that raises stops the stream's other tasks and
+        the exception is raised from the stream. ``TaskSupervisor.async_stream_nolink``
+        yields such failures as ``Reply("exit", exc)`` instead.
+        """
+        from ._group import default_submitter
+        from ._stream import StreamSpec, async_stream
+
+        spec = StreamSpec.build(
+            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
+        )
+        return async_stream(default_submitter(), fn, iterable, spec, link=True)
+
     # -- called by the monitor, outside its lock -------------------------------
 
     def _force_cancel(self) -> bool:
@@ -164,6 +505,4 @@ class Task(Future[R], Generic[R]):
             self.exception(timeout)
 
 
-def on_monitor_thread(thread: threading.Thread | None) -> bool:
-    """Whether the caller runs on ``thread`` (where blocking on a task would deadlock)."""
-    return thread is threading.current_thread()
+_FINISHED = _Finished()

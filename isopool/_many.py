@@ -1,0 +1,80 @@
+"""Waiting on several tasks at once: Elixir's ``Task.await_many`` and ``Task.yield_many``."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, InvalidStateError, wait
+from typing import Any, Final
+
+from ._errors import TaskTimeoutError
+from ._task import OnTimeout, Reply, Task
+
+__all__ = ["await_many", "yield_many"]
+
+_STOP_WAIT: Final = 10.0  # seconds to wait for stopped tasks' processes to be gone
+_ON_TIMEOUT: Final = ("nothing", "ignore", "kill_task")
+
+
+def _stop(tasks: list[Task[Any]], error: BaseException | None = None) -> None:
+    for task in tasks:
+        task._owner.kill(task, False, "brutal_kill", error)
+    wait(tasks, timeout=_STOP_WAIT)
+
+
+def await_many(tasks: list[Task[Any]], timeout: float | None) -> list[Any]:
+    """All results in order, or the first failure; see ``Task.await_many``."""
+    for task in tasks:
+        with task._condition:
+            if task._awaited:
+                raise InvalidStateError(f"task {task.id} ({task.name}) was already awaited")
+            task._awaited = True
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending: set[Any] = set(tasks)
+    while pending:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = wait(pending, timeout=remaining, return_when=FIRST_EXCEPTION)
+        failed = next((t for t in tasks if t in done and t.exception(0) is not None), None)
+        if failed is not None:
+            _stop([t for t in tasks if not t.done()])
+            raise failed.exception(0)  # type: ignore[misc]  # checked not None above
+        if pending and not done:
+            late = [t for t in tasks if not t.done()]
+            error = TaskTimeoutError(
+                f"{len(late)} of {len(tasks)} tasks did not reply within {timeout} s; "
+                "they were stopped",
+                task_id=late[0].id,
+                task_name=late[0].name,
+                timeout=timeout,
+            )
+            _stop(late, error)
+            raise error
+    return [task.result(0) for task in tasks]
+
+
+def yield_many(
+    tasks: list[Task[Any]],
+    timeout: float | None,
+    limit: int | None,
+    on_timeout: OnTimeout,
+) -> list[Reply[Any] | None]:
+    """A Reply or None per task, in order; see ``Task.yield_many``."""
+    if on_timeout not in _ON_TIMEOUT:
+        raise ValueError(
+            f"on_timeout must be 'nothing', 'ignore' or 'kill_task', got {on_timeout!r}"
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    want = len(tasks) if limit is None else min(limit, len(tasks))
+    while sum(t.done() for t in tasks) < want:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        wait([t for t in tasks if not t.done()], timeout=remaining, return_when=FIRST_COMPLETED)
+    late = [t for t in tasks if not t.done()]
+    if on_timeout == "kill_task":
+        _stop(late)
+    elif on_timeout == "ignore":
+        for task in late:
+            task.ignore()
+    return [Reply.of(t) if t.done() and not (t in late and t.cancelled()) else None for t in tasks]
