@@ -42,6 +42,9 @@ from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._group import TaskGroup as TaskGroup
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
+from ._redis_queue import Job as Job
+from ._redis_queue import QueueOptions as QueueOptions
+from ._redis_queue import RedisQueue as RedisQueue
 from ._spec import Restart as Restart
 from ._spec import ShutdownTimeout as ShutdownTimeout
 from ._spec import TaskOptions as TaskOptions
@@ -55,13 +58,16 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokenPoolError",
     "IsopoolError",
+    "Job",
     "MaxChildrenError",
     "NodeDownError",
     "Pool",
     "PoolClosedError",
     "PoolOptions",
     "ProtocolError",
+    "QueueOptions",
     "QueueUnavailableError",
+    "RedisQueue",
     "Reply",
     "Restart",
     "RestartLimitError",

@@ -1,4 +1,4 @@
-"""The command line: ``isopool demo`` (and the commands later issues add).
+"""The command line: ``isopool demo``, ``isopool worker`` (a Redis queue's worker).
 
 The only module that prints.
 """
@@ -9,10 +9,11 @@ import argparse
 import ctypes
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, as_completed
 from pathlib import Path
 from typing import Any, TextIO
@@ -144,7 +145,23 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_cmd = commands.add_parser("demo", help="show isolation, time-outs and restarts")
     demo_cmd.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    worker = commands.add_parser("worker", help="run jobs from a Redis queue")
+    worker.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
+    worker.add_argument("--queue", required=True, help="the queue's name")
+    _add_common(worker)
     return parser
+
+
+def _add_common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--workers", type=int, default=None, help="worker processes (CPU count)")
+    cmd.add_argument(
+        "--secret-file", default=None, help="file holding the signing secret (or ISOPOOL_SECRET)"
+    )
+    cmd.add_argument("--lease", type=float, default=30.0, help="job lease in seconds (30)")
+    cmd.add_argument(
+        "--drain", type=float, default=30.0, help="seconds to finish running jobs on stop (30)"
+    )
+    cmd.add_argument("--log-level", default="INFO", help="logging level (INFO)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,4 +174,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return demo(args.workers)
+    if args.command == "worker":
+        return _serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``isopool worker``: serve a Redis queue until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from ._errors import QueueUnavailableError
+    from ._queue_worker import QueueWorker
+    from ._redis_queue import RedisQueue
+
+    try:
+        queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file, lease=args.lease)
+        worker = QueueWorker(queue, workers=args.workers, drain=args.drain)
+    except (ValueError, QueueUnavailableError) as exc:
+        print(f"isopool worker: {exc}", file=sys.stderr)
+        return 2
+    _on_stop_signals(worker.stop)
+    try:
+        worker.run()
+    except QueueUnavailableError as exc:
+        print(f"isopool worker: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and the first Ctrl-C stop gracefully; a second Ctrl-C exits at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and getattr(handler, "seen", False):
+            raise KeyboardInterrupt
+        handler.seen = True  # type: ignore[attr-defined]  # a flag on the function
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -221,6 +221,18 @@ class Monitor:
             resolve([Outcome.bad_call(task, error)])
         return task
 
+    def new_raw_task(self, payload: bytes, name: str, options: TaskOptions) -> Task[Any]:
+        """Return a Task for an already pickled call, whose outcome stays pickled.
+
+        For the shared queue: the call was pickled (and signed) by another process,
+        and its result goes back to Redis, so this process never unpickles user
+        bytes. The Task's result is ``("ok" | "raised" | "shutdown", payload)``;
+        crashes, time-outs and bad payloads still fail it with isopool's errors.
+        """
+        task = Task._create(self, next(self._task_ids), name, payload, options, None)
+        task._raw = True
+        return task
+
     def submit_check(self) -> None:
         """Raise PoolClosedError or BrokenPoolError unless the pool takes work."""
         with self._lock:

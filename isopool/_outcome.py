@@ -260,6 +260,9 @@ def resolve(outcomes: list[Outcome]) -> None:
         if outcome.kind == "cancelled":
             task._force_cancel()
             continue
+        if task._raw and outcome.kind in ("ok", "raised", "shutdown"):
+            _settle(task, (outcome.kind, outcome.data), None)
+            continue
         value: object = None
         exc = outcome.to_exception()
         if outcome.kind == "ok":
@@ -269,10 +272,14 @@ def resolve(outcomes: list[Outcome]) -> None:
                 exc = _serialization_error(task, "parent", "result unpickle", error)
         if outcome.kind in ("crashed", "timed_out"):
             log.warning("%s%s", f"{task._label}: " if task._label else "", exc)
-        try:
-            if exc is None:
-                task.set_result(value)
-            else:
-                task.set_exception(exc)
-        except InvalidStateError:
-            pass  # cancelled meanwhile; nothing is waiting for this outcome
+        _settle(task, value, exc)
+
+
+def _settle(task: Task[Any], value: object, exc: BaseException | None) -> None:
+    try:
+        if exc is None:
+            task.set_result(value)
+        else:
+            task.set_exception(exc)
+    except InvalidStateError:
+        pass  # cancelled meanwhile; nothing is waiting for this outcome

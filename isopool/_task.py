@@ -154,6 +154,7 @@ class Task(Future[R], Generic[R]):
     _unlink: Callable[[Task[Any]], None] | None  # how to leave its group/program link
     _program_linked: bool  # linked to the program: an unretrieved failure is logged
     _retrieved: bool  # someone looked at the outcome (result, exception, yield_...)
+    _raw: bool  # the outcome stays pickled (the shared queue's tasks)
 
     def __init__(self) -> None:
         raise TypeError(
@@ -196,6 +197,7 @@ class Task(Future[R], Generic[R]):
         self._unlink = None
         self._program_linked = False
         self._retrieved = False
+        self._raw = False
         return self
 
     def __repr__(self) -> str:

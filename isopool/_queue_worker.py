@@ -1,0 +1,374 @@
+"""QueueWorker: runs a RedisQueue's jobs on a local isopool Pool (``isopool worker``).
+
+One loop, one thread::
+
+    fetch (band 0 first)  -> START script (owns the entry; counts the delivery)
+                          -> verify the signature -> a raw task on the Pool
+    every lease/3         -> RENEW every held entry; lost -> kill our copy, commit
+                             nothing; cancel requested -> kill it, commit cancelled
+    every lease/4         -> claim entries idle for longer than the lease (dead workers)
+    continually           -> PROMOTE due retries; FINISH each finished job: done,
+                             failed, retry (back-off), or dead-letter
+
+The worker never unpickles a job or a result: the signed call bytes go to a worker
+process as they are, and the pickled outcome comes back as bytes to be signed and
+stored. A crash of the job's process counts as a lost delivery: the job goes back to
+the queue until ``max_deliveries``, then to the dead-letter stream. An exception or a
+time-out follows the job's restart policy. On SIGTERM or Ctrl-C the worker stops
+fetching, lets running jobs finish for ``drain`` seconds, and hands the rest back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Final
+
+from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
+from ._policy import backoff_delay
+from ._pool import Pool
+from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
+from ._spec import MAX_PRIORITY, TaskOptions
+from ._task import Task
+
+__all__ = ["QueueWorker"]
+
+log = logging.getLogger(__name__)
+
+_PROMOTE_EVERY: Final = 0.2  # seconds between moves of due retries into the streams
+_IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
+_BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
+_BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    job_id: str
+    band: int
+    entry: str
+    task: Task[Any]
+    options: JobOptions
+    attempts: int
+    lost: bool = False  # our lease was taken: never commit
+    cancelled: bool = False  # the job was cancelled while running
+    commit: tuple[Any, ...] | None = None  # a FINISH that Redis did not take yet
+
+
+class QueueWorker:
+    """Run the jobs of ``queue`` on a local Pool until ``stop()``.
+
+    Args:
+        queue: The queue to serve.
+        workers: Worker processes (default: one per CPU).
+        prefetch: Jobs held beyond one per worker (default 1 per worker): a small
+            prefetch hides the Redis round trip for short jobs.
+        drain: On stop, seconds to let running jobs finish before handing them back.
+        consumer: This worker's name in the consumer group (default host:pid:random).
+    """
+
+    def __init__(
+        self,
+        queue: RedisQueue,
+        *,
+        workers: int | None = None,
+        prefetch: int | None = None,
+        drain: float = 30.0,
+        consumer: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.pool = Pool(workers, name=f"queue:{queue.name}")
+        self.capacity = (
+            self.pool.max_workers * 2 if prefetch is None else self.pool.max_workers + prefetch
+        )
+        self.drain = drain
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._runs: dict[str, _Run] = {}
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lease_ms = int(queue.lease * 1000)
+
+    def stop(self) -> None:
+        """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Serve the queue until ``stop()``; then drain, hand back, and shut down.
+
+        Raises:
+            QueueUnavailableError: Redis lost the queue's state (the epoch vanished).
+        """
+        log.info("queue %r: worker %s serving", self.queue.name, self.consumer)
+        try:
+            self._loop()
+            self._drain()
+        finally:
+            self.pool.terminate()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        timers = {"promote": 0.0, "claim": 0.0, "renew": time.monotonic() + self.queue.lease / 3}
+        pause = 0.1
+        while not self._stopping.is_set():
+            try:
+                self._round(timers)
+                pause = 0.1
+            except QueueUnavailableError as exc:
+                if _state_lost(exc):
+                    raise
+                log.warning("queue %r: %s; retrying in %.1f s", self.queue.name, exc, pause)
+                self._stopping.wait(pause)
+                pause = min(_BACKOFF_CAP, pause * 2)
+
+    def _round(self, timers: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now >= timers["promote"]:
+            with self.queue.translate_errors():
+                self.queue.script("promote", _now_ms(), 100)
+            timers["promote"] = now + _PROMOTE_EVERY
+        if now >= timers["renew"]:
+            self._renew()
+            timers["renew"] = now + self.queue.lease / 3
+        if now >= timers["claim"]:
+            self._claim_stale()
+            timers["claim"] = now + self.queue.lease / 4
+        self._finish_done()
+        room = self.capacity - len(self._runs)
+        if room > 0:
+            block = None if self._runs else _IDLE_BLOCK_MS
+            self._fetch(room, block)
+            if self._runs and not any(r.task.done() for r in self._runs.values()):
+                self._wait_for_work()
+        else:
+            self._wait_for_work()
+
+    def _wait_for_work(self) -> None:
+        self._wake.wait(_BUSY_WAIT)
+        self._wake.clear()
+
+    # -- taking jobs ---------------------------------------------------------------------
+
+    def _fetch(self, room: int, block_ms: int | None) -> None:
+        """Take up to ``room`` new entries, most urgent band first."""
+        r: Any = self.queue.redis
+        got: list[tuple[int, str]] = []
+        with self.queue.translate_errors():
+            for band in range(MAX_PRIORITY + 1):
+                reply = r.xreadgroup(
+                    GROUP, self.consumer, {self.queue.stream(band): ">"}, count=room - len(got)
+                )
+                got.extend(_entries(reply))
+                if len(got) >= room:
+                    break
+            if not got and block_ms is not None and not self._stopping.is_set():
+                streams = {self.queue.stream(b): ">" for b in range(MAX_PRIORITY + 1)}
+                got = _entries(r.xreadgroup(GROUP, self.consumer, streams, count=1, block=block_ms))
+        for band, entry in got:
+            self._start(band, entry, claim_ms=-1)
+
+    def _claim_stale(self) -> None:
+        """Take over entries whose holder stopped renewing (a dead or paused worker)."""
+        r = self.queue.redis
+        for band in range(MAX_PRIORITY + 1):
+            with self.queue.translate_errors():
+                stale = r.xpending_range(
+                    self.queue.stream(band), GROUP, "-", "+", 50, idle=self._lease_ms
+                )
+            for item in stale:
+                if item["consumer"].decode() != self.consumer:
+                    self._start(band, item["message_id"].decode(), claim_ms=self._lease_ms)
+
+    def _start(self, band: int, entry: str, claim_ms: int) -> None:
+        with self.queue.translate_errors():
+            reply = self.queue.script(
+                "start", band, entry, self.consumer, self.queue.max_deliveries, _now_ms(), claim_ms
+            )
+        verdict = _text(reply[0])
+        if verdict == "dead":
+            log.error(
+                "queue %r: job %s dead-lettered (delivery limit)", self.queue.name, _text(reply[1])
+            )
+        if verdict != "run":
+            return
+        job_id, payload, options, name, attempts = (
+            _text(reply[1]),
+            reply[2],
+            reply[3],
+            _text(reply[4]),
+            int(reply[5]),
+        )
+        if claim_ms >= 0:
+            log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
+        try:
+            body = self.queue.keys.verify(payload, self.queue.context(job_id, "call"))
+            opts = JobOptions.from_json(options)
+        except (SignatureError, ValueError) as exc:
+            log.error("queue %r: job %s refused: %s; dead-lettered", self.queue.name, job_id, exc)
+            self._commit(band, entry, job_id, "dead", "", b"", 60.0, 0, "bad-signature")
+            return
+        local = TaskOptions(timeout=opts.timeout, shutdown=5.0)
+        monitor = self.pool._monitor
+        task = monitor.new_raw_task(body, name, local)
+        task.add_done_callback(lambda _task: self._wake.set())
+        self._runs[entry] = _Run(job_id, band, entry, task, opts, attempts)
+        monitor.submit(task)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        runs = [run for run in self._runs.values() if not run.task.done() and not run.lost]
+        if not runs:
+            return
+        with self.queue.translate_errors():
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for run in runs:
+                self.queue._scripts["renew"](
+                    keys=[f"{self.queue.prefix}:epoch"],
+                    args=[
+                        self.queue.prefix,
+                        self.queue.epoch,
+                        run.band,
+                        run.entry,
+                        self.consumer,
+                        run.job_id,
+                    ],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        for run, reply in zip(runs, replies, strict=True):
+            if reply == 0:
+                log.warning(
+                    "queue %r: lost the lease on job %s; stopping our copy",
+                    self.queue.name,
+                    run.job_id,
+                )
+                run.lost = True
+                run.task._owner.kill(run.task, False, "brutal_kill")
+            elif reply == 2 and not run.cancelled:
+                run.cancelled = True
+                run.task._owner.kill(run.task, False)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _finish_done(self) -> None:
+        for entry, run in list(self._runs.items()):
+            if run.commit is None and not run.task.done():
+                continue
+            if run.lost:
+                del self._runs[entry]
+                continue
+            if run.commit is None:
+                run.commit = self._decide(run)
+            if self._commit(*run.commit):
+                del self._runs[entry]
+
+    def _decide(self, run: _Run) -> tuple[Any, ...]:
+        """What to store for a finished run, as the arguments of ``_commit``."""
+        task, opts = run.task, run.options
+        base = (run.band, run.entry, run.job_id)
+        ttl = opts.result_ttl
+        if task.cancelled():
+            return (*base, "cancelled", "", b"", ttl, 0, "cancelled")
+        exc = task.exception(0)
+        if isinstance(exc, TaskCrashError):
+            log.warning("queue %r: job %s crashed its worker: %s", self.queue.name, run.job_id, exc)
+            return (*base, "retry", "", b"", ttl, 0, "crashed")  # a lost delivery
+        if exc is None:
+            kind, payload = task.result(0)
+            if kind in ("ok", "shutdown"):
+                return (*base, "done", kind, self._sign(run, payload), ttl, 0, "")
+            blob_kind, blob = "raised", payload
+        else:
+            blob_kind, blob = "error", pickle.dumps(exc)
+        if opts.restart == "transient":
+            if run.attempts <= opts.max_retries:
+                delay = int(backoff_delay(opts.backoff, run.attempts) * 1000)
+                return (*base, "retry", "", b"", ttl, delay, "")
+            return (*base, "dead", blob_kind, self._sign(run, blob), ttl, 0, "retries-exhausted")
+        return (*base, "failed", blob_kind, self._sign(run, blob), ttl, 0, "")
+
+    def _sign(self, run: _Run, body: bytes) -> bytes:
+        return self.queue.keys.sign(body, self.queue.context(run.job_id, "result"))
+
+    def _commit(
+        self,
+        band: int,
+        entry: str,
+        job_id: str,
+        status: str,
+        kind: str,
+        blob: bytes,
+        ttl: float,
+        retry_ms: int,
+        reason: str,
+    ) -> bool:
+        """Run FINISH; False if Redis is unreachable (the caller retries later)."""
+        try:
+            with self.queue.translate_errors():
+                done = self.queue.script(
+                    "finish",
+                    band,
+                    entry,
+                    self.consumer,
+                    job_id,
+                    status,
+                    kind,
+                    blob,
+                    max(1, int(ttl)),
+                    retry_ms,
+                    _now_ms(),
+                    reason,
+                )
+        except QueueUnavailableError as exc:
+            if _state_lost(exc):
+                raise
+            return False
+        if not done:
+            log.warning(
+                "queue %r: result of job %s refused: another worker holds its lease",
+                self.queue.name,
+                job_id,
+            )
+        return True
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Let running jobs finish for ``drain`` seconds, then hand the rest back."""
+        deadline = time.monotonic() + self.drain
+        while self._runs and time.monotonic() < deadline:
+            try:
+                self._finish_done()
+            except QueueUnavailableError as exc:
+                if _state_lost(exc):
+                    raise
+            if self._runs:
+                self._wait_for_work()
+        for entry, run in list(self._runs.items()):
+            run.task._owner.kill(run.task, True, "brutal_kill")
+            if not run.lost and run.commit is None:
+                self._commit(run.band, entry, run.job_id, "release", "", b"", 60.0, 0, "")
+            del self._runs[entry]
+
+
+def _entries(reply: Any) -> list[tuple[int, str]]:  # noqa: ANN401 - a Redis reply
+    out: list[tuple[int, str]] = []
+    for stream, messages in reply or []:
+        band = int(_text(stream).rsplit(":", 1)[1])
+        out.extend((band, _text(entry)) for entry, _fields in messages)
+    return out
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state_lost(exc: QueueUnavailableError) -> bool:
+    return "lost the state" in str(exc)

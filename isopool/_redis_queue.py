@@ -1,0 +1,690 @@
+"""RedisQueue: a job queue shared through Redis that loses nothing, and its Jobs.
+
+Keys of one queue share the hash tag ``{NAME}``, so they live in one Redis Cluster
+slot::
+
+    isopool:{NAME}:epoch        a random token written once: if it vanishes, the
+                                server lost its data and the queue says so
+    isopool:{NAME}:jobs:B       one stream per priority band B (0 most urgent .. 9),
+                                consumer group "workers"; an entry carries a job id
+    isopool:{NAME}:job:ID       the job: signed call, options, status, deliveries,
+                                attempts, its current stream entry, signed result
+    isopool:{NAME}:delayed      jobs waiting out a retry back-off (score: due, ms)
+    isopool:{NAME}:dead         the dead-letter stream: job id and reason
+    isopool:{NAME}:done:ID      a wake-up list for ``Job.result`` waiters
+
+Delivery is at least once, with exactly one committed result. A worker's lease on a
+job is its entry in the group's pending list: the worker renews it (resets its idle
+time) while the job runs; a dead worker stops renewing, and after ``lease`` seconds
+another worker claims the entry (``XCLAIM`` with a min-idle-time: no lock a dead
+worker could leave behind). Starting, renewing, finishing, retrying, handing back and
+dead-lettering are each one Lua script that checks, server-side and atomically, that
+the caller still owns the entry; a worker that lost its lease cannot write a result.
+
+Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
+their kind, and verified before anything is unpickled. Redis is imported lazily:
+the core of isopool works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pickle
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _wire
+from ._errors import (
+    QueueUnavailableError,
+    RestartLimitError,
+    SignatureError,
+    TaskCrashError,
+)
+from ._signing import Keyring
+from ._spec import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    check_duration,
+    check_positive_int,
+    check_priority,
+    check_restart,
+    check_seconds,
+    describe_function,
+    parse_memory_limit,
+    resolve_function,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue"]
+
+log = logging.getLogger(__name__)
+
+GROUP: Final = "workers"
+FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
+_WAKE_TTL: Final = 300  # seconds a result wake-up token lives
+_POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
+
+# -- the server-side steps ------------------------------------------------------------
+# Every script first checks the epoch (the server still has this queue's state), and
+# the ones a worker calls check that it owns the job's entry in the pending list.
+
+_LUA_PRELUDE = """
+local prefix = ARGV[1]
+local epoch = redis.call('GET', prefix .. ':epoch')
+if epoch ~= ARGV[2] then return redis.error_reply('ISOPOOL_EPOCH queue state lost') end
+local function owns(stream, entry, consumer)
+  local p = redis.call('XPENDING', stream, 'workers', entry, entry, 1)
+  return p[1] ~= nil and p[1][2] == consumer
+end
+local function drop(stream, entry)
+  redis.call('XACK', stream, 'workers', entry)
+  redis.call('XDEL', stream, entry)
+end
+local function notify(id)
+  local key = prefix .. ':done:' .. id
+  redis.call('RPUSH', key, '1')
+  redis.call('EXPIRE', key, 300)
+end
+local function dead(job, id, reason, now)
+  redis.call('HSET', job, 'status', 'dead', 'reason', reason, 'ended', now)
+  redis.call('XADD', prefix .. ':dead', '*', 'id', id, 'reason', reason, 'at', now)
+  notify(id)
+end
+"""
+
+# ARGV: prefix epoch id payload name band options now
+_LUA_ENQUEUE = (
+    _LUA_PRELUDE
+    + """
+local id, band = ARGV[3], ARGV[6]
+local job = prefix .. ':job:' .. id
+redis.call('HSET', job, 'payload', ARGV[4], 'name', ARGV[5], 'band', band,
+  'options', ARGV[7], 'status', 'queued', 'deliveries', 0, 'attempts', 0, 'created', ARGV[8])
+local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+redis.call('HSET', job, 'entry', entry)
+return entry
+"""
+)
+
+# ARGV: prefix epoch band entry consumer max_deliveries now claim_min_idle_ms(-1: no claim)
+_LUA_START = (
+    _LUA_PRELUDE
+    + """
+local stream = prefix .. ':jobs:' .. ARGV[3]
+local entry, consumer = ARGV[4], ARGV[5]
+if tonumber(ARGV[8]) >= 0 then
+  local got = redis.call('XCLAIM', stream, 'workers', consumer, ARGV[8], entry)
+  if #got == 0 then return {'lost'} end
+end
+local fields = redis.call('XRANGE', stream, entry, entry)
+if #fields == 0 then redis.call('XACK', stream, 'workers', entry) return {'gone'} end
+local id = fields[1][2][2]
+local job = prefix .. ':job:' .. id
+local status = redis.call('HGET', job, 'status')
+if not status or redis.call('HGET', job, 'entry') ~= entry or status == 'cancelled' then
+  drop(stream, entry)
+  return {'gone', id}
+end
+local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
+if deliveries > tonumber(ARGV[6]) then
+  drop(stream, entry)
+  dead(job, id, 'delivery-limit: delivered ' .. deliveries .. ' times', ARGV[7])
+  return {'dead', id}
+end
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', ARGV[7])
+local v = redis.call('HMGET', job, 'payload', 'options', 'name')
+return {'run', id, v[1], v[2], v[3], tostring(attempts)}
+"""
+)
+
+# ARGV: prefix epoch band entry consumer id
+_LUA_RENEW = (
+    _LUA_PRELUDE
+    + """
+local stream = prefix .. ':jobs:' .. ARGV[3]
+if not owns(stream, ARGV[4], ARGV[5]) then return 0 end
+redis.call('XCLAIM', stream, 'workers', ARGV[5], 0, ARGV[4], 'JUSTID')
+if redis.call('HGET', prefix .. ':job:' .. ARGV[6], 'cancel') then return 2 end
+return 1
+"""
+)
+
+# ARGV: prefix epoch band entry consumer id status kind result ttl retry_ms now reason
+# status: done | failed | dead | cancelled | retry | release
+_LUA_FINISH = (
+    _LUA_PRELUDE
+    + """
+local stream = prefix .. ':jobs:' .. ARGV[3]
+local entry, consumer, id, status = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if not owns(stream, entry, consumer) then return 0 end
+drop(stream, entry)
+local job = prefix .. ':job:' .. id
+if status == 'retry' then
+  redis.call('HSET', job, 'status', 'delayed', 'owner', '')
+  redis.call('ZADD', prefix .. ':delayed', tonumber(ARGV[12]) + tonumber(ARGV[11]), id)
+  return 1
+end
+if status == 'release' then
+  redis.call('HINCRBY', job, 'deliveries', -1)
+  redis.call('HINCRBY', job, 'attempts', -1)
+  local band = redis.call('HGET', job, 'band')
+  local new = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+  redis.call('HSET', job, 'status', 'queued', 'owner', '', 'entry', new)
+  return 1
+end
+redis.call('HSET', job, 'kind', ARGV[8], 'result', ARGV[9], 'owner', '', 'ended', ARGV[12])
+if status == 'dead' then
+  dead(job, id, ARGV[13], ARGV[12])
+else
+  redis.call('HSET', job, 'status', status)
+  notify(id)
+end
+redis.call('EXPIRE', job, tonumber(ARGV[10]))
+return 1
+"""
+)
+
+# ARGV: prefix epoch now limit
+_LUA_PROMOTE = (
+    _LUA_PRELUDE
+    + """
+local ids = redis.call('ZRANGEBYSCORE', prefix .. ':delayed', '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', prefix .. ':delayed', id)
+  local job = prefix .. ':job:' .. id
+  if redis.call('HGET', job, 'status') == 'delayed' then
+    local band = redis.call('HGET', job, 'band')
+    local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+    redis.call('HSET', job, 'status', 'queued', 'entry', entry)
+  end
+end
+return #ids
+"""
+)
+
+# ARGV: prefix epoch id now
+_LUA_CANCEL = (
+    _LUA_PRELUDE
+    + """
+local id = ARGV[3]
+local job = prefix .. ':job:' .. id
+local status = redis.call('HGET', job, 'status')
+if not status then return 'missing' end
+if status == 'queued' or status == 'delayed' then
+  redis.call('ZREM', prefix .. ':delayed', id)
+  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[4])
+  notify(id)
+  return 'cancelled'
+end
+if status == 'running' then
+  redis.call('HSET', job, 'cancel', '1')
+  return 'cancelling'
+end
+return status
+"""
+)
+
+# ARGV: prefix epoch id
+_LUA_REQUEUE = (
+    _LUA_PRELUDE
+    + """
+local id = ARGV[3]
+local job = prefix .. ':job:' .. id
+local status = redis.call('HGET', job, 'status')
+if status ~= 'dead' and status ~= 'failed' and status ~= 'cancelled' then return 0 end
+local band = redis.call('HGET', job, 'band')
+local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+redis.call('HDEL', job, 'result', 'kind', 'reason', 'cancel', 'owner')
+redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0)
+redis.call('PERSIST', job)
+return 1
+"""
+)
+
+_SCRIPTS: Final = {
+    "enqueue": _LUA_ENQUEUE,
+    "start": _LUA_START,
+    "renew": _LUA_RENEW,
+    "finish": _LUA_FINISH,
+    "promote": _LUA_PROMOTE,
+    "cancel": _LUA_CANCEL,
+    "requeue": _LUA_REQUEUE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The validated per-job settings, stored with the job as JSON.
+
+    Attributes:
+        priority: 0 (most urgent) to 9; band 0 drains before band 1.
+        timeout: Seconds one run may take; None for no limit.
+        restart: "temporary" (a failure is final) or "transient" (a failure is
+            retried, with back-off, up to ``max_retries``; then dead-lettered).
+        max_retries: Retries of a transient job (default 3).
+        backoff: Seconds before the first retry, doubling each time (max 60 s).
+        result_ttl: Seconds a finished job and its result are kept (default 1 day).
+        memory_limit: Bytes a run may allocate, or None.
+    """
+
+    priority: int = DEFAULT_PRIORITY
+    timeout: float | None = None
+    restart: str = "temporary"
+    max_retries: int = 3
+    backoff: float = 1.0
+    result_ttl: float = 86400.0
+    memory_limit: int | None = None
+
+    @classmethod
+    def build(cls, **options: object) -> JobOptions:
+        """Validate ``options`` over the defaults; raise naming the bad one."""
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        merged = {**dataclasses.asdict(cls()), **options}
+        restart = check_restart(merged["restart"])
+        if restart == "permanent":
+            raise ValueError("restart='permanent' makes no sense for a queued job; use transient")
+        ttl = check_duration("result_ttl", merged["result_ttl"])
+        if ttl < 1:
+            raise ValueError(f"result_ttl must be at least 1 second, got {ttl!r}")
+        return cls(
+            priority=check_priority(merged["priority"]),
+            timeout=check_seconds("timeout", merged["timeout"]),
+            restart=restart,
+            max_retries=check_positive_int("max_retries", merged["max_retries"], allow_zero=True),
+            backoff=check_duration("backoff", merged["backoff"]),
+            result_ttl=ttl,
+            memory_limit=parse_memory_limit(merged["memory_limit"]),
+        )
+
+    def merge(self, changes: Mapping[str, object]) -> JobOptions:
+        """A copy with ``changes`` validated and applied."""
+        return JobOptions.build(**{**dataclasses.asdict(self), **changes})
+
+    def to_json(self) -> str:
+        """The JSON stored in the job hash."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobOptions:
+        """Read options back; unknown fields (a newer isopool) are ignored."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A job in the dead-letter stream: why it is there, and when (Unix seconds)."""
+
+    job_id: str
+    reason: str
+    at: float
+
+
+class RedisQueue:
+    """A priority job queue shared through Redis by any number of isopool workers.
+
+    Enqueue from anywhere; run ``isopool worker --redis URL --queue NAME`` on as many
+    machines as you like. Each job runs in its own process on some worker; its
+    result comes back signed, with its original type (and remote traceback).
+
+    Args:
+        url: A Redis URL: ``redis://host:6379/0``, or ``rediss://`` for TLS.
+        name: The queue's name; its keys share the hash tag ``{name}``.
+        secret: The signing secret (str or bytes, 16+ bytes), or a mapping key id ->
+            secret for rotation. Default: ``secret_file``, or the environment
+            (``ISOPOOL_SECRET`` / ``ISOPOOL_SECRET_FILE``). No secret, no start.
+        key_id: Which key signs, when ``secret`` maps several.
+        secret_file: A file holding the secret.
+        lease: Seconds a worker may go silent before its job is handed to another
+            (default 30; workers renew every third of it).
+        max_deliveries: Deliveries (crashes, lost leases) before a job goes to the
+            dead-letter stream (default 3).
+        client: An existing ``redis.Redis`` to use instead of connecting to ``url``.
+
+    Raises:
+        ValueError: no secret, or a bad option.
+        QueueUnavailableError: Redis cannot be reached, or it lost this queue's
+            state (its epoch key vanished while this process was using it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        secret: str | bytes | Mapping[str, str | bytes] | None = None,
+        key_id: str | None = None,
+        secret_file: str | None = None,
+        lease: float = 30.0,
+        max_deliveries: int = 3,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name or any(c in name for c in "{}"):
+            raise ValueError(f"name must be a non-empty string without braces, got {name!r}")
+        self.name = name
+        self.url = url
+        self.keys = Keyring.load(secret, key_id=key_id, secret_file=secret_file)
+        self.lease = check_duration("lease", lease)
+        if self.lease < 1.0:
+            raise ValueError(f"lease must be at least 1 second, got {lease!r}")
+        self.max_deliveries = check_positive_int("max_deliveries", max_deliveries)
+        self.prefix = f"isopool:{{{name}}}"
+        self._options = JobOptions()
+        self._names: dict[str, None] = {}
+        # Typed Any: redis-py's reply types depend on decode_responses (we use bytes).
+        self.redis: Any = client if client is not None else _connect(url)
+        self._scripts: dict[str, Any] = {
+            k: self.redis.register_script(src) for k, src in _SCRIPTS.items()
+        }
+        with self.translate_errors():
+            self.epoch = self._init_state()
+
+    def __repr__(self) -> str:
+        return f"<isopool.RedisQueue {self.name!r} at {_redact(self.url)}>"
+
+    # -- enqueueing -------------------------------------------------------------------
+
+    def enqueue(self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object) -> Job:
+        """Queue ``fn(*args, **kwargs)`` with the queue's default options; return its Job.
+
+        Prefer ``"package.module:function"`` names (the workers must be able to import
+        them); a pickled callable (even a closure) is allowed because it is signed.
+
+        Raises:
+            QueueUnavailableError: Redis is unreachable or lost the queue's state.
+            SerializationError: the call cannot be pickled.
+        """
+        return self._enqueue(fn, args, kwargs, self._options)
+
+    def options(self, **options: object) -> QueueOptions:
+        """Return a view that enqueues with other options (see ``JobOptions``)."""
+        return QueueOptions(self, self._options.merge(options))
+
+    def _enqueue(
+        self,
+        fn: Callable[..., object] | str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: JobOptions,
+    ) -> Job:
+        if isinstance(fn, str):
+            if fn not in self._names:
+                resolve_function(fn)
+                self._names[fn] = None
+        elif not callable(fn):
+            raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
+        job_id = uuid.uuid4().hex
+        body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
+        payload = self.keys.sign(body, self.context(job_id, "call"))
+        with self.translate_errors():
+            self.script(
+                "enqueue",
+                job_id,
+                payload,
+                describe_function(fn),
+                options.priority,
+                options.to_json(),
+                _now_ms(),
+            )
+        return Job(self, job_id)
+
+    # -- looking jobs up ------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        """The Job with this id (from any process); its ``status()`` says if it exists."""
+        return Job(self, job_id)
+
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` entries of the dead-letter stream."""
+        with self.translate_errors():
+            entries = self.redis.xrange(f"{self.prefix}:dead", count=count)
+        return [
+            DeadLetter(
+                job_id=fields[b"id"].decode(),
+                reason=fields[b"reason"].decode(),
+                at=int(fields[b"at"]) / 1000,
+            )
+            for _entry, fields in entries
+        ]
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a dead, failed or cancelled job back in its queue with fresh counters."""
+        with self.translate_errors():
+            return bool(self.script("requeue", job_id))
+
+    def pending(self) -> int:
+        """Jobs waiting in the streams (not yet delivered) across all bands."""
+        with self.translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for band in range(MAX_PRIORITY + 1):
+                pipe.xinfo_groups(self.stream(band))
+            total = 0
+            for groups in pipe.execute():
+                for group in groups:
+                    total += int(group.get("lag") or 0)
+        return total
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.redis.close()
+
+    # -- shared with Job and the worker -------------------------------------------------
+
+    def stream(self, band: int) -> str:
+        """The stream key of priority band ``band``."""
+        return f"{self.prefix}:jobs:{band}"
+
+    def context(self, job_id: str, kind: str) -> bytes:
+        """What a signature binds a payload to: this queue, this job, this kind."""
+        return f"{self.name}\0{job_id}\0{kind}".encode()
+
+    def script(self, name: str, *args: object) -> Any:  # noqa: ANN401 - a Redis reply
+        """Run one of the queue's Lua scripts with the prefix and epoch first."""
+        return self._scripts[name](
+            keys=[f"{self.prefix}:epoch"], args=[self.prefix, self.epoch, *args]
+        )
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn redis-py's connection errors into QueueUnavailableError."""
+        import redis
+
+        try:
+            yield
+        except redis.ResponseError as exc:
+            if "ISOPOOL_EPOCH" in str(exc) or "NOGROUP" in str(exc):
+                raise QueueUnavailableError(
+                    f"Redis lost the state of queue {self.name!r} (its epoch key is gone: "
+                    "was the server restarted without persistence, or flushed?). Jobs "
+                    "queued before may be lost; restart the workers and producers to "
+                    "start a new epoch."
+                ) from exc
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueUnavailableError(
+                f"cannot reach Redis at {_redact(self.url)} for queue {self.name!r}: {exc}"
+            ) from exc
+
+    def _init_state(self) -> str:
+        """Create the epoch and consumer groups once; warn when Redis may forget them."""
+        r = self.redis
+        r.set(f"{self.prefix}:epoch", uuid.uuid4().hex, nx=True)
+        epoch = r.get(f"{self.prefix}:epoch")
+        pipe = r.pipeline(transaction=False)
+        for band in range(MAX_PRIORITY + 1):
+            pipe.xgroup_create(self.stream(band), GROUP, id="0", mkstream=True)
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+        _warn_if_volatile(r, self.name)
+        return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+
+
+class QueueOptions:
+    """A view of a RedisQueue that enqueues with other job options."""
+
+    def __init__(self, queue: RedisQueue, options: JobOptions) -> None:
+        self._queue = queue
+        self.job_options = options
+
+    def enqueue(self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object) -> Job:
+        """As ``RedisQueue.enqueue``, with this view's options."""
+        return self._queue._enqueue(fn, args, kwargs, self.job_options)
+
+    def options(self, **options: object) -> QueueOptions:
+        """A view with more options changed."""
+        return QueueOptions(self._queue, self.job_options.merge(options))
+
+
+class Job:
+    """A handle on one queued job, by its stable id; any process can make one.
+
+    Attributes:
+        id: The job's id (a 32-character hex string).
+    """
+
+    def __init__(self, queue: RedisQueue, job_id: str) -> None:
+        self.queue = queue
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<isopool.Job {self.id} in {self.queue.name!r}>"
+
+    @property
+    def key(self) -> str:
+        """The job's hash key in Redis."""
+        return f"{self.queue.prefix}:job:{self.id}"
+
+    def status(self) -> str:
+        """One of queued, running, delayed, done, failed, dead, cancelled, or missing."""
+        with self.queue.translate_errors():
+            status = self.queue.redis.hget(self.key, "status")
+        return status.decode() if status else "missing"
+
+    def info(self) -> dict[str, str]:
+        """The job's bookkeeping: status, attempts, deliveries, reason, owner..."""
+        with self.queue.translate_errors():
+            raw = self.queue.redis.hgetall(self.key)
+        skip = {b"payload", b"result"}
+        return {k.decode(): v.decode() for k, v in raw.items() if k not in skip}
+
+    def cancel(self) -> bool:
+        """Cancel the job: at once if it waits; a running job's worker stops it.
+
+        Returns:
+            True if it is (or will be) cancelled; False if it already ended.
+        """
+        with self.queue.translate_errors():
+            state = self.queue.script("cancel", self.id, _now_ms())
+        return (state.decode() if isinstance(state, bytes) else state) in (
+            "cancelled",
+            "cancelling",
+        )
+
+    def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
+        """Wait for the job's result; raise its exception with its own type.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds (the job keeps going).
+            CancelledError: the job was cancelled.
+            SignatureError: the stored result's signature is wrong (it is never
+                unpickled).
+            QueueUnavailableError: Redis is unreachable or lost the job.
+            BaseException: what the job raised, or the isopool error that ended it
+                (TaskCrashError, TaskTimeoutError, RestartLimitError...).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done_key = f"{self.queue.prefix}:done:{self.id}"
+        while True:
+            with self.queue.translate_errors():
+                status, kind, blob, reason = self.queue.redis.hmget(
+                    self.key, "status", "kind", "result", "reason"
+                )
+            state = status.decode() if status else "missing"
+            if state in FINAL or state == "missing":
+                return self._outcome(state, kind, blob, reason)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {self.id} did not finish within {timeout} s ({state})")
+            wait = _POLL_CAP if remaining is None else max(0.01, min(_POLL_CAP, remaining))
+            with self.queue.translate_errors():
+                if self.queue.redis.blpop([done_key], timeout=wait):
+                    self.queue.redis.rpush(done_key, "1")  # wake the other waiters too
+                    self.queue.redis.expire(done_key, _WAKE_TTL)
+
+    def _outcome(
+        self, state: str, kind: bytes | None, blob: bytes | None, reason: bytes | None
+    ) -> Any:  # noqa: ANN401 - the job's value
+        from concurrent.futures import CancelledError
+
+        if state == "missing":
+            raise QueueUnavailableError(
+                f"job {self.id} is not in queue {self.queue.name!r} (expired after its "
+                "result_ttl, never enqueued, or lost with the server's data)"
+            )
+        if state == "cancelled":
+            raise CancelledError(f"job {self.id} was cancelled")
+        why = reason.decode() if reason else ""
+        if blob is None:
+            if why.startswith("delivery-limit"):
+                raise TaskCrashError(f"job {self.id} was dead-lettered: {why}")
+            if why == "bad-signature":
+                raise SignatureError(f"job {self.id} was dead-lettered: bad-signature")
+            raise RestartLimitError(f"job {self.id} was dead-lettered: {why}")
+        body = self.queue.keys.verify(blob, self.queue.context(self.id, "result"))
+        if kind == b"ok":
+            return pickle.loads(body)
+        if kind in (b"raised", b"shutdown"):
+            raise _wire.loads_exception(body)
+        raise pickle.loads(body)
+
+
+def _connect(url: str) -> redis.Redis:
+    try:
+        import redis
+    except ImportError as exc:
+        raise ImportError(
+            "isopool's Redis queue needs redis-py: pip install 'isopool[redis]'"
+        ) from exc
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5.0,
+        socket_timeout=30.0,
+        health_check_interval=10,
+    )
+
+
+def _warn_if_volatile(r: redis.Redis, name: str) -> None:
+    try:
+        config = r.config_get("appendonly")
+        config.update(r.config_get("save"))
+    except Exception:  # CONFIG may be refused to an ACL user: then we cannot tell
+        return
+    if config.get("appendonly") in ("no", b"no") and not config.get("save"):
+        log.warning(
+            "queue %r: Redis persistence is off (no AOF, no RDB snapshots): a restart of "
+            "the server loses every queued job; enable appendonly for a durable queue",
+            name,
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
