@@ -21,7 +21,9 @@ A guide, in the order of Elixir's ``Task`` docs:
 # processes) · _monitor (the supervising thread) · _outcome (settling futures) ·
 # _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
 # _many (await_many, yield_many) · _stream (async_stream) · _supervisor
-# (TaskSupervisor) · _cli (the command line).
+# (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
+# _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
+# supervisors) · _cli (the command line).
 
 from __future__ import annotations
 
@@ -39,12 +41,20 @@ from ._errors import SignatureError as SignatureError
 from ._errors import TaskCrashError as TaskCrashError
 from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._errors import UnknownSupervisorError as UnknownSupervisorError
 from ._group import TaskGroup as TaskGroup
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
+from ._redis_queue import DeadLetter as DeadLetter
 from ._redis_queue import Job as Job
+from ._redis_queue import JobOptions as JobOptions
 from ._redis_queue import QueueOptions as QueueOptions
 from ._redis_queue import RedisQueue as RedisQueue
+from ._remote import Cluster as Cluster
+from ._remote import NodeInfo as NodeInfo
+from ._remote import RemoteSupervisor as RemoteSupervisor
+from ._remote import RemoteTask as RemoteTask
+from ._remote import connect as connect
 from ._spec import Restart as Restart
 from ._spec import ShutdownTimeout as ShutdownTimeout
 from ._spec import TaskOptions as TaskOptions
@@ -52,15 +62,18 @@ from ._supervisor import SupervisorOptions as SupervisorOptions
 from ._supervisor import TaskSupervisor as TaskSupervisor
 from ._task import Reply as Reply
 from ._task import Task as Task
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "BrokenPoolError",
+    "Cluster",
+    "DeadLetter",
     "IsopoolError",
     "Job",
+    "JobOptions",
     "MaxChildrenError",
     "NodeDownError",
+    "NodeInfo",
     "Pool",
     "PoolClosedError",
     "PoolOptions",
@@ -68,6 +81,8 @@ __all__ = [
     "QueueOptions",
     "QueueUnavailableError",
     "RedisQueue",
+    "RemoteSupervisor",
+    "RemoteTask",
     "Reply",
     "Restart",
     "RestartLimitError",
@@ -83,7 +98,9 @@ __all__ = [
     "TaskOptions",
     "TaskSupervisor",
     "TaskTimeoutError",
+    "UnknownSupervisorError",
     "__version__",
+    "connect",
 ]
 
 # Show public objects as isopool.X in reprs, tracebacks and pickles.

@@ -1,4 +1,4 @@
-"""The command line: ``isopool demo``, ``isopool worker`` (a Redis queue's worker).
+"""The command line: ``isopool demo``, ``worker`` (a Redis queue), ``node``, ``dead-letters``.
 
 The only module that prints.
 """
@@ -149,6 +149,27 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
     worker.add_argument("--queue", required=True, help="the queue's name")
     _add_common(worker)
+    node = commands.add_parser("node", help="serve named supervisors to other machines")
+    node.add_argument("--name", required=True, help="this node's name, unique among live nodes")
+    node.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
+    node.add_argument(
+        "--supervisor",
+        action="append",
+        required=True,
+        help="Name[:restart=transient,...] to serve; repeat for several",
+    )
+    _add_common(node)
+    dead = commands.add_parser("dead-letters", help="list, or re-queue, dead-lettered jobs")
+    dead.add_argument("--redis", required=True, help="Redis URL")
+    dead.add_argument("--queue", required=True, help="the queue's name")
+    dead.add_argument("--secret-file", default=None, help="file holding the signing secret")
+    dead.add_argument(
+        "--requeue",
+        metavar="JOB_ID",
+        action="append",
+        default=[],
+        help="put this job back in its queue; repeat for several",
+    )
     return parser
 
 
@@ -176,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args.workers)
     if args.command == "worker":
         return _serve(args)
+    if args.command == "node":
+        return _node(args)
+    if args.command == "dead-letters":
+        return _dead_letters(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -200,6 +225,52 @@ def _serve(args: argparse.Namespace) -> int:
     except QueueUnavailableError as exc:
         print(f"isopool worker: {exc}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    """``isopool node``: serve supervisors by name until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from ._errors import QueueUnavailableError
+    from ._node import Node, SupervisorSpec
+
+    try:
+        specs = [SupervisorSpec.parse(text) for text in args.supervisor]
+        node = Node(
+            args.name,
+            args.redis,
+            specs,
+            workers=args.workers,
+            secret_file=args.secret_file,
+            lease=args.lease,
+        )
+    except (ValueError, TypeError, QueueUnavailableError) as exc:
+        print(f"isopool node: {exc}", file=sys.stderr)
+        return 2
+    _on_stop_signals(node.stop)
+    node.run()
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    """``isopool dead-letters``: show the dead-letter stream, or re-queue jobs."""
+    from ._errors import QueueUnavailableError
+    from ._redis_queue import RedisQueue
+
+    try:
+        queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file)
+        for job_id in args.requeue:
+            done = queue.requeue(job_id)
+            print(f"{job_id}: {'re-queued' if done else 'not dead, failed or cancelled'}")
+        if not args.requeue:
+            for letter in queue.dead_letters():
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.at))
+                print(f"{letter.job_id}  {when}  {letter.reason}")
+    except (ValueError, QueueUnavailableError) as exc:
+        print(f"isopool dead-letters: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

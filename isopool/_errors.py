@@ -17,6 +17,7 @@
     │   └── SignatureError        a payload whose signature is missing or wrong
     ├── MaxChildrenError          also RuntimeError; a TaskSupervisor is at max_children
     ├── NodeDownError             also ConnectionError; a remote node is gone
+    ├── UnknownSupervisorError    also LookupError; no supervisor by that name (noproc)
     └── QueueUnavailableError     also ConnectionError; the shared queue is unreachable
 
     Shutdown(IsopoolError)        not an error: a task raises it to exit *normally*
@@ -50,6 +51,7 @@ __all__ = [
     "TaskCrashError",
     "TaskError",
     "TaskTimeoutError",
+    "UnknownSupervisorError",
 ]
 
 
@@ -225,6 +227,10 @@ class SignatureError(ProtocolError):
 
 class NodeDownError(IsopoolError, ConnectionError):
     """A remote node is not alive, or stopped answering while running a task."""
+
+
+class UnknownSupervisorError(IsopoolError, LookupError):
+    """A node runs no supervisor of that name (Elixir's ``:noproc``)."""
 
 
 class QueueUnavailableError(IsopoolError, ConnectionError):

@@ -132,6 +132,12 @@ if not status or redis.call('HGET', job, 'entry') ~= entry or status == 'cancell
   drop(stream, entry)
   return {'gone', id}
 end
+if redis.call('HGET', job, 'cancel') then
+  drop(stream, entry)
+  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[7])
+  notify(id)
+  return {'gone', id}
+end
 local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
 if deliveries > tonumber(ARGV[6]) then
   drop(stream, entry)
