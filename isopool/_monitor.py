@@ -678,7 +678,9 @@ class Monitor:
             self._end_run_locked(task, Outcome.shutdown(task, payload), now, out)
         else:
             self._end_run_locked(task, Outcome.bad_payload(task, payload), now, out)
-        if worker.tasks:
+        if worker.tasks and worker.stop_reason is None:
+            # A worker being stopped starts nothing new: what is queued behind the
+            # stopped task goes back to the pending queue when the worker is gone.
             self._start_head_locked(worker, now)
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
