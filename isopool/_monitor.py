@@ -18,7 +18,7 @@ Who owns what, and who reads what::
     result_r[k] <-- RESULT / ERROR / BAD_PAYLOAD frames -------  result_w[k]
     sock        <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
 
-Each worker runs its calls in order; ``_Worker.tasks`` mirrors that order, so the
+Each worker runs its calls in order; ``WorkerHandle.tasks`` mirrors that order, so the
 head is the task it is running. The task id travels in every frame header, so a
 payload that will not unpickle, or a worker that dies, fails exactly one task: the
 head. Tasks queued behind it on that worker never started; they go back to the
@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
-import heapq
 import itertools
 import logging
 import math
@@ -58,10 +57,11 @@ from ._errors import (
     PoolClosedError,
     ProtocolError,
 )
+from ._handle import WorkerHandle
 from ._outcome import Outcome, resolve
 from ._policy import RestartIntensity, backoff_delay, should_restart
-from ._process import ForkServer, WorkerPipes, decode_exit, signal_group
-from ._queue import PendingQueue
+from ._process import ForkServer, decode_exit, signal_group
+from ._queue import DelayedQueue, PendingQueue
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
 
@@ -69,7 +69,6 @@ __all__ = ["Monitor", "State"]
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE: Final = 1 << 20
 _FAST_TASK: Final = 0.002  # below this mean run time (s), pipelining pays for itself
 _PIPELINE_DEPTH: Final = 16  # enough to hide a round trip; small enough to rebalance
 # How long to wait for the fork server's EXITED message after a worker's pipe hit EOF
@@ -87,49 +86,6 @@ class State(enum.Enum):
     CLOSING = "closing"  # shutdown() was called: finishes queued work, takes no new
     CLOSED = "closed"  # every worker and the fork server are gone
     BROKEN = "broken"  # isopool itself failed; pending work failed with BrokenPoolError
-
-
-class _Worker:
-    """The parent's record of one worker process (guarded by the monitor's lock)."""
-
-    __slots__ = (
-        "assigned",
-        "eof_at",
-        "finalized",
-        "id",
-        "kill_at",
-        "out",
-        "out_registered",
-        "pid",
-        "pipes",
-        "reader",
-        "retired",
-        "status",
-        "stop_reason",
-        "stop_task",
-        "tasks",
-    )
-
-    def __init__(self, worker_id: int) -> None:
-        self.id = worker_id
-        self.pipes = WorkerPipes()
-        self.pid: int | None = None
-        self.tasks: collections.deque[Task[Any]] = collections.deque()
-        self.out: collections.deque[memoryview] = collections.deque()
-        self.out_registered = False
-        self.reader = _wire.FrameReader()
-        self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
-        self.retired = False  # takes no more calls; will exit by itself
-        self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"
-        self.stop_task: Task[Any] | None = None
-        self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
-        self.status: int | None = None  # wait status from the fork server
-        self.eof_at: float | None = None  # when its result pipe reached EOF
-        self.finalized = False
-
-    @property
-    def accepting(self) -> bool:
-        return not (self.retired or self.stop_reason or self.finalized)
 
 
 class Monitor:
@@ -153,12 +109,11 @@ class Monitor:
         self._lock = threading.Lock()
         self._state = State.RUNNING
         self._pending: PendingQueue[Task[Any]] = PendingQueue()
-        # Restarts waiting out their back-off: (due time, seq, task).
-        self._delayed: list[tuple[float, int, Task[Any]]] = []
-        self._workers: list[_Worker] = []
-        self._by_pid: dict[int, _Worker] = {}
-        self._unspawned: list[_Worker] = []
-        self._spawning: dict[int, _Worker] = {}
+        self._delayed: DelayedQueue[Task[Any]] = DelayedQueue()  # restarts backing off
+        self._workers: list[WorkerHandle] = []
+        self._by_pid: dict[int, WorkerHandle] = {}
+        self._unspawned: list[WorkerHandle] = []
+        self._spawning: dict[int, WorkerHandle] = {}
         self._worker_ids = itertools.count(1)
         self._task_ids = itertools.count(1)
         self._stats: collections.Counter[str] = collections.Counter()
@@ -169,7 +124,7 @@ class Monitor:
         self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
         self._broken_cause: BaseException | None = None
         self._epoll = select.epoll()
-        self._fds: dict[int, tuple[int, _Worker | None]] = {}
+        self._fds: dict[int, tuple[int, WorkerHandle | None]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -262,6 +217,7 @@ class Monitor:
         wait: bool,
         grace: ShutdownTimeout | None = None,
         error: BaseException | None = None,
+        keep_reply: bool = False,
     ) -> bool:
         """Stop ``task``: see ``Task.kill``.
 
@@ -270,6 +226,8 @@ class Monitor:
             wait: Block until its process is gone (never on the monitor thread).
             grace: Overrides the task's ``shutdown`` option for this stop.
             error: Fail the task with this instead of cancelling it.
+            keep_reply: If the reply arrives before the process is gone, keep it
+                (``Task.shutdown``) instead of cancelling the task.
         """
         out: list[Outcome] = []
         running = False
@@ -278,9 +236,10 @@ class Monitor:
                 return False
             task._kill_error = error
             task._kill_grace = grace
-            if self._pending.remove(task) or self._delayed_remove_locked(task):
+            task._keep_reply = keep_reply
+            if self._pending.remove(task) or self._delayed.remove(task):
                 out.append(Outcome.stopped(task))
-            elif isinstance(task._worker, _Worker):
+            elif isinstance(task._worker, WorkerHandle):
                 running = True
                 self._kill_assigned_locked(task._worker, task, time.monotonic())
             else:  # pending but never dispatched, or already finishing
@@ -358,7 +317,7 @@ class Monitor:
         if self._state is not State.RUNNING:
             raise PoolClosedError(f"cannot schedule new tasks after shutdown (pool {self.name!r})")
 
-    def _depth(self, worker: _Worker) -> int:
+    def _depth(self, worker: WorkerHandle) -> int:
         depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
         if self._max_tasks:
             depth = min(depth, self._max_tasks - worker.assigned)
@@ -369,7 +328,7 @@ class Monitor:
         if not self._pending:
             return
         workers = [w for w in self._workers if w.accepting]
-        touched: set[_Worker] = set()
+        touched: set[WorkerHandle] = set()
         while workers and self._pending:
             worker = min(workers, key=lambda w: len(w.tasks))
             if len(worker.tasks) >= self._depth(worker):
@@ -386,20 +345,12 @@ class Monitor:
         for worker in touched:
             self._flush_locked(worker)
 
-    def _assign_locked(self, worker: _Worker, task: Task[Any], now: float) -> None:
-        worker.tasks.append(task)
-        worker.assigned += 1
+    def _assign_locked(self, worker: WorkerHandle, task: Task[Any], now: float) -> None:
         task._worker = worker
-        header = _wire.pack_header(_wire.CALL, task.id, len(task._payload))
-        if len(task._payload) < 65536:
-            worker.out.append(memoryview(header + task._payload))
-        else:
-            worker.out.append(memoryview(header))
-            worker.out.append(memoryview(task._payload))
-        if len(worker.tasks) == 1:
+        if worker.queue_call(task):
             self._start_head_locked(worker, now)
 
-    def _start_head_locked(self, worker: _Worker, now: float) -> None:
+    def _start_head_locked(self, worker: WorkerHandle, now: float) -> None:
         """The head of ``worker`` starts running now (if the worker exists yet)."""
         task = worker.tasks[0]
         if task._kill_requested:
@@ -415,26 +366,9 @@ class Monitor:
             if task._deadline < self._sleep_until:
                 self._need_wake = True
 
-    def _flush_locked(self, worker: _Worker) -> None:
-        """Write as much of the worker's out buffer as the pipe takes, without blocking."""
-        out = worker.out
-        while out:
-            try:
-                written = os.writev(worker.pipes.call_w, list(itertools.islice(out, 512)))
-            except BlockingIOError:
-                break
-            except OSError:  # the worker is dead; its death is handled by the monitor
-                out.clear()
-                break
-            while written and out:
-                head = out[0]
-                if written >= len(head):
-                    written -= len(head)
-                    out.popleft()
-                else:
-                    out[0] = head[written:]
-                    written = 0
-        want = bool(out)
+    def _flush_locked(self, worker: WorkerHandle) -> None:
+        """Write what the worker's pipe takes; wait for writability for the rest."""
+        want = worker.flush()
         if want != worker.out_registered:
             worker.out_registered = want
             if want:
@@ -444,13 +378,7 @@ class Monitor:
 
     def _drain_queued_locked(self) -> list[Task[Any]]:
         """Take every task that waits to run (pending or backing off)."""
-        tasks = self._pending.drain()
-        for _due, _seq, task in self._delayed:
-            if task.queued:
-                task.queued = False
-                tasks.append(task)
-        self._delayed.clear()
-        return tasks
+        return self._pending.drain() + self._delayed.drain()
 
     def _take_wake_locked(self) -> bool:
         wake, self._need_wake = self._need_wake, False
@@ -463,13 +391,13 @@ class Monitor:
 
     # -- stopping workers (under the lock) --------------------------------------
 
-    def _kill_assigned_locked(self, worker: _Worker, task: Task[Any], now: float) -> None:
+    def _kill_assigned_locked(self, worker: WorkerHandle, task: Task[Any], now: float) -> None:
         task._kill_requested = True
         if worker.tasks and worker.tasks[0] is task:
             self._stop_worker_locked(worker, "kill", task, now)
 
     def _stop_worker_locked(
-        self, worker: _Worker, reason: str, task: Task[Any] | None, now: float
+        self, worker: WorkerHandle, reason: str, task: Task[Any] | None, now: float
     ) -> None:
         """Stop ``worker``: SIGTERM its process group now, SIGKILL after the grace."""
         if worker.stop_reason is not None or worker.finalized:
@@ -514,7 +442,8 @@ class Monitor:
             for fd, mask in events:
                 self._on_event_locked(fd, mask, now, out)
             self._check_deadlines_locked(now, out)
-            self._release_delayed_locked(now)
+            for task in self._delayed.release(now):
+                self._pending.push(task)
             self._replace_workers_locked()
             self._dispatch_locked(now)
             done = self._close_if_idle_locked(now)
@@ -614,40 +543,24 @@ class Monitor:
             raise BrokenPoolError("isopool fork server keeps dying (3 times in 10 s)")
             # _step starts the new one outside the lock (it blocks on a fork + exec).
 
-    def _read_worker_locked(self, worker: _Worker, now: float, out: list[Outcome]) -> None:
+    def _read_worker_locked(self, worker: WorkerHandle, now: float, out: list[Outcome]) -> None:
         if worker.finalized:
             return
-        chunks = []
-        eof = False
-        while True:
-            try:
-                data = os.read(worker.pipes.result_r, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                eof = True
-                break
-            chunks.append(data)
-        if chunks:
-            try:
-                frames = worker.reader.feed(b"".join(chunks))
-            except ProtocolError as exc:
-                log.error(
-                    "pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc
-                )
-                self._stop_worker_locked(worker, "protocol", None, now)
-                frames = []
-            for kind, task_id, payload in frames:
-                self._on_frame_locked(worker, kind, task_id, payload, now, out)
+        try:
+            frames, eof = worker.read()
+        except ProtocolError as exc:
+            log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc)
+            self._stop_worker_locked(worker, "protocol", None, now)
+            return
+        for kind, task_id, payload in frames:
+            self._on_frame_locked(worker, kind, task_id, payload, now, out)
         if eof and worker.eof_at is None:
             worker.eof_at = now
             self._unregister(worker.pipes.result_r)
 
     def _on_frame_locked(
         self,
-        worker: _Worker,
+        worker: WorkerHandle,
         kind: int,
         task_id: int,
         payload: bytes,
@@ -667,8 +580,9 @@ class Monitor:
         if task._started_at is not None:
             run_time = now - task._started_at
             self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
-        if worker.stop_task is task and worker.stop_reason == "timeout":
-            # The deadline passed before the reply was read: the time-out stands.
+        if worker.stop_task is task and not (worker.stop_reason == "kill" and task._keep_reply):
+            # Stopped before its reply was read: the time-out or the kill stands
+            # (Task.shutdown alone keeps a reply that raced in, as Elixir's does).
             self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
         elif kind == _wire.RESULT:
             self._end_run_locked(task, Outcome.ok(task, payload), now, out)
@@ -685,7 +599,7 @@ class Monitor:
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
 
-    def _stop_outcome(self, worker: _Worker, task: Task[Any]) -> Outcome:
+    def _stop_outcome(self, worker: WorkerHandle, task: Task[Any]) -> Outcome:
         if worker.stop_reason == "timeout" and worker.stop_task is task:
             return Outcome.timed_out(task, worker.pid)
         return Outcome.stopped(task)
@@ -711,8 +625,7 @@ class Monitor:
         self._stats["restarted"] += 1
         outcome.log_restart(self.name, task, delay)
         if delay > 0:
-            task.queued = True  # so that kill() finds it while it waits
-            heapq.heappush(self._delayed, (now + delay, task.seq, task))
+            self._delayed.push(now + delay, task)
         else:
             self._pending.push(task)
 
@@ -732,19 +645,6 @@ class Monitor:
         if intensity is None or not intensity.allow(now):
             return None
         return 0.0
-
-    def _delayed_remove_locked(self, task: Task[Any]) -> bool:
-        if not task.queued or not any(entry[2] is task for entry in self._delayed):
-            return False
-        task.queued = False  # the heap entry is skipped when it comes due
-        return True
-
-    def _release_delayed_locked(self, now: float) -> None:
-        delayed = self._delayed
-        while delayed and delayed[0][0] <= now:
-            task = heapq.heappop(delayed)[2]
-            if task.queued:
-                self._pending.push(task)
 
     def _check_deadlines_locked(self, now: float, out: list[Outcome]) -> None:
         for worker in list(self._workers):
@@ -770,7 +670,7 @@ class Monitor:
                 self._finalize_locked(worker, now, out)
 
     def _next_deadline_locked(self) -> float:
-        deadline = self._delayed[0][0] if self._delayed else math.inf
+        deadline = self._delayed.next_due()
         for worker in self._workers:
             if worker.tasks and worker.tasks[0]._deadline is not None:
                 deadline = min(deadline, worker.tasks[0]._deadline)
@@ -783,7 +683,7 @@ class Monitor:
     # -- worker lifecycle (monitor thread, under the lock) ----------------------
 
     def _add_worker_locked(self) -> None:
-        worker = _Worker(next(self._worker_ids))
+        worker = WorkerHandle(next(self._worker_ids))
         self._workers.append(worker)
         self._register(worker.pipes.result_r, _RESULT, worker, select.EPOLLIN)
         self._unspawned.append(worker)
@@ -796,7 +696,7 @@ class Monitor:
                 self._add_worker_locked()
                 self._stats["workers_replaced"] += 1
 
-    def _finalize_locked(self, worker: _Worker, now: float, out: list[Outcome]) -> None:
+    def _finalize_locked(self, worker: WorkerHandle, now: float, out: list[Outcome]) -> None:
         """``worker`` is dead: pin its death on its head task, requeue the rest."""
         if worker.finalized:
             return
@@ -826,7 +726,7 @@ class Monitor:
                 info.describe(),
             )
 
-    def _forget_locked(self, worker: _Worker) -> None:
+    def _forget_locked(self, worker: WorkerHandle) -> None:
         self._unregister(worker.pipes.result_r)
         if worker.out_registered:
             self._unregister(worker.pipes.call_w)
@@ -898,7 +798,7 @@ class Monitor:
             with contextlib.suppress(OSError, AttributeError):
                 os.close(fd)
 
-    def _register(self, fd: int, kind: int, worker: _Worker | None, mask: int) -> None:
+    def _register(self, fd: int, kind: int, worker: WorkerHandle | None, mask: int) -> None:
         self._fds[fd] = (kind, worker)
         self._epoll.register(fd, mask)
 

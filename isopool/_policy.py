@@ -40,7 +40,8 @@ def backoff_delay(base: float, retry: int, rand: random.Random | None = None) ->
     The delay doubles per retry from ``base`` up to ``MAX_BACKOFF``, then "equal
     jitter" keeps it in [d/2, d], so retries of many tasks do not stampede together.
     """
-    delay = min(MAX_BACKOFF, base * 2.0 ** (retry - 1))
+    # Cap the exponent first: 2.0 ** 1024 overflows long before min() could cap it.
+    delay = min(MAX_BACKOFF, base * 2.0 ** min(retry - 1, 64))
     uniform = rand.uniform if rand is not None else random.uniform
     jitter = uniform(0, delay / 2)
     return delay / 2 + jitter

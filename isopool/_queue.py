@@ -1,15 +1,16 @@
-"""The in-process queue of pending tasks: lowest priority number first, then FIFO.
+"""The in-process queues of waiting tasks: pending (by priority, then FIFO) and delayed.
 
-Not thread-safe: the monitor's lock guards it. Removal is lazy (an entry is skipped
-when popped), so cancelling a pending task is O(1).
+Not thread-safe: the monitor's lock guards them. Removal is lazy (an entry is
+skipped when popped), so cancelling a waiting task is O(1).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["PendingQueue", "Queued"]
+__all__ = ["DelayedQueue", "PendingQueue", "Queued"]
 
 
 class Queued(Protocol):
@@ -79,5 +80,58 @@ class PendingQueue(Generic[T]):
         items = []
         while (item := self.pop()) is not None:
             items.append(item)
+        self._heap.clear()
+        return items
+
+
+class DelayedQueue(Generic[T]):
+    """Items waiting until a due time (restarts backing off), soonest first.
+
+    An item in it counts as queued (``item.queued``), so the pending queue's lazy
+    removal rules apply: ``remove`` marks it, ``release`` skips it.
+    """
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._heap if entry[2].queued)
+
+    def __bool__(self) -> bool:
+        return any(entry[2].queued for entry in self._heap)
+
+    def push(self, due: float, item: T) -> None:
+        """Hold ``item`` until ``due`` (a monotonic time)."""
+        item.queued = True
+        heapq.heappush(self._heap, (due, item.seq, item))
+
+    def remove(self, item: T) -> bool:
+        """Take ``item`` out; return whether it was waiting here."""
+        if not item.queued or not any(entry[2] is item for entry in self._heap):
+            return False
+        item.queued = False
+        return True
+
+    def next_due(self) -> float:
+        """When the soonest item is due, or infinity."""
+        return self._heap[0][0] if self._heap else math.inf
+
+    def release(self, now: float) -> list[T]:
+        """Remove and return the live items due by ``now``, marked not queued."""
+        released = []
+        while self._heap and self._heap[0][0] <= now:
+            item = heapq.heappop(self._heap)[2]
+            if item.queued:
+                item.queued = False
+                released.append(item)
+        return released
+
+    def drain(self) -> list[T]:
+        """Remove and return every live item."""
+        items = [entry[2] for entry in sorted(self._heap) if entry[2].queued]
+        for item in items:
+            item.queued = False
         self._heap.clear()
         return items

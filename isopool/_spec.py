@@ -72,7 +72,10 @@ def check_seconds(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}") from None
     if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
         raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
     return seconds
@@ -165,8 +168,10 @@ def resolve_function(name: str) -> Callable[..., object]:
         raise ValueError(f"fn must be a callable or 'package.module:function', got {name!r}")
     try:
         obj: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"fn {name!r}: module {module_name!r} does not import: {exc}") from exc
+    except Exception as exc:  # ImportError, or whatever the module raised while importing
+        raise ValueError(
+            f"fn {name!r}: module {module_name!r} does not import: {type(exc).__name__}: {exc}"
+        ) from exc
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)

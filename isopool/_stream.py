@@ -108,6 +108,8 @@ def _run(
                 window.append((item, submit(fn, (item,), {}, options)))
             if not window:
                 return
+            if link:
+                _raise_first_failure(window, spec)  # a linked failure stops the stream now
             ready = _take_ready(window, spec.ordered)
             if ready is None:
                 wait([t for _, t in window if not t.done()], return_when=FIRST_COMPLETED)
@@ -121,6 +123,18 @@ def _run(
             task._owner.kill(task, False, "brutal_kill")
         if bar is not None:
             bar.close()
+
+
+def _raise_first_failure(
+    window: collections.deque[tuple[Any, Task[Any]]], spec: StreamSpec
+) -> None:
+    for _item, task in window:
+        if task.done() and not task.cancelled():
+            exc = task.exception(0)
+            if exc is not None and not (
+                isinstance(exc, TaskTimeoutError) and spec.on_timeout == "kill_task"
+            ):
+                raise exc
 
 
 def _take_ready(

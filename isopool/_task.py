@@ -99,6 +99,7 @@ class _Owner(Protocol):
         wait: bool,
         grace: ShutdownTimeout | None = None,
         error: BaseException | None = None,
+        keep_reply: bool = False,
     ) -> bool:
         """Stop ``task``; see ``Task.kill``."""
 
@@ -112,6 +113,7 @@ class _Finished:
         wait: bool,
         grace: ShutdownTimeout | None = None,
         error: BaseException | None = None,
+        keep_reply: bool = False,
     ) -> bool:
         return False
 
@@ -148,6 +150,7 @@ class Task(Future[R], Generic[R]):
     _kill_requested: bool
     _kill_error: BaseException | None
     _kill_grace: ShutdownTimeout | None
+    _keep_reply: bool  # Task.shutdown: a reply that races the stop in is kept
     _label: str | None
     # Task-owned state (the Elixir API):
     _awaited: bool  # await_ was called: a second call is an error
@@ -192,6 +195,7 @@ class Task(Future[R], Generic[R]):
         self._kill_requested = False
         self._kill_error = None  # fail with this instead of CancelledError when stopped
         self._kill_grace = None  # overrides options.shutdown for one stop
+        self._keep_reply = False
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         self._awaited = False
         self._unlink = None
@@ -325,7 +329,7 @@ class Task(Future[R], Generic[R]):
             None if it was stopped.
         """
         grace = check_shutdown(timeout)
-        self._owner.kill(self, True, grace)
+        self._owner.kill(self, True, grace, None, True)
         if self.done() and not self.cancelled():
             return Reply.of(self)
         return None

@@ -1,0 +1,126 @@
+"""WorkerHandle: the parent's record of one worker process, and its non-blocking pipe I/O.
+
+Owned by the monitor and touched only under its lock. The handle knows which tasks
+were written to its worker, in order (the head is the one running), what is still to
+be written, and how the worker is being stopped; it reads and writes its pipes
+without ever blocking, so a stuck worker cannot stall the monitor.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _wire
+from ._process import WorkerPipes
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+__all__ = ["WorkerHandle"]
+
+_READ_SIZE: Final = 1 << 20
+_SMALL_FRAME: Final = 65536  # below this, header and payload are joined (one iovec)
+_IOV_MAX: Final = 512  # iovecs per writev, well under Linux's 1024
+
+
+class WorkerHandle:
+    """One worker process as the parent sees it."""
+
+    __slots__ = (
+        "assigned",
+        "eof_at",
+        "finalized",
+        "id",
+        "kill_at",
+        "out",
+        "out_registered",
+        "pid",
+        "pipes",
+        "reader",
+        "retired",
+        "status",
+        "stop_reason",
+        "stop_task",
+        "tasks",
+    )
+
+    def __init__(self, worker_id: int) -> None:
+        self.id = worker_id
+        self.pipes = WorkerPipes()
+        self.pid: int | None = None
+        self.tasks: collections.deque[Task[Any]] = collections.deque()
+        self.out: collections.deque[memoryview] = collections.deque()
+        self.out_registered = False
+        self.reader = _wire.FrameReader()
+        self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
+        self.retired = False  # takes no more calls; will exit by itself
+        self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"
+        self.stop_task: Task[Any] | None = None
+        self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
+        self.status: int | None = None  # wait status from the fork server
+        self.eof_at: float | None = None  # when its result pipe reached EOF
+        self.finalized = False
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new calls may be written to this worker."""
+        return not (self.retired or self.stop_reason or self.finalized)
+
+    def queue_call(self, task: Task[Any]) -> bool:
+        """Append ``task``'s CALL frame to the out buffer; True if it is now the head."""
+        self.tasks.append(task)
+        self.assigned += 1
+        payload = task._payload
+        header = _wire.pack_header(_wire.CALL, task.id, len(payload))
+        if len(payload) < _SMALL_FRAME:
+            self.out.append(memoryview(header + payload))
+        else:
+            self.out.append(memoryview(header))
+            self.out.append(memoryview(payload))
+        return len(self.tasks) == 1
+
+    def flush(self) -> bool:
+        """Write what the pipe takes now; return whether bytes remain to be written."""
+        out = self.out
+        while out:
+            try:
+                written = os.writev(self.pipes.call_w, list(itertools.islice(out, _IOV_MAX)))
+            except BlockingIOError:
+                break
+            except OSError:  # the worker is dead; the monitor handles its death
+                out.clear()
+                break
+            while written and out:
+                head = out[0]
+                if written >= len(head):
+                    written -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = head[written:]
+                    written = 0
+        return bool(out)
+
+    def read(self) -> tuple[list[tuple[int, int, bytes]], bool]:
+        """Read what the worker wrote; return (whole frames, whether EOF was reached).
+
+        Raises:
+            ProtocolError: the worker wrote a malformed frame.
+        """
+        chunks = []
+        eof = False
+        while True:
+            try:
+                data = os.read(self.pipes.result_r, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+        frames = self.reader.feed(b"".join(chunks)) if chunks else []
+        return frames, eof
