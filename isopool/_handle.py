@@ -33,6 +33,7 @@ class WorkerHandle:
         "assigned",
         "eof_at",
         "finalized",
+        "held",
         "id",
         "kill_at",
         "out",
@@ -63,6 +64,8 @@ class WorkerHandle:
         self.status: int | None = None  # wait status from the fork server
         self.eof_at: float | None = None  # when its result pipe reached EOF
         self.finalized = False
+        # Frames read before the fork server said the worker's pid (rare race).
+        self.held: list[tuple[int, int, bytes]] = []
 
     @property
     def accepting(self) -> bool:

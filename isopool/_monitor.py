@@ -237,7 +237,10 @@ class Monitor:
             task._kill_error = error
             task._kill_grace = grace
             task._keep_reply = keep_reply
-            if self._pending.remove(task) or self._delayed.remove(task):
+            # The delayed queue first: its tasks are also marked queued, which the
+            # pending queue's lazy removal cannot tell apart from its own.
+            if self._delayed.remove(task) or self._pending.remove(task):
+                self._stats["killed"] += 1
                 out.append(Outcome.stopped(task))
             elif isinstance(task._worker, WorkerHandle):
                 running = True
@@ -493,7 +496,7 @@ class Monitor:
                 if server is not None:
                     server.ready = True
             elif op == 3:  # SPAWNED worker_id pid
-                self._on_spawned_locked(a, b, now)
+                self._on_spawned_locked(a, b, now, out)
             elif op == 4:  # EXITED pid status
                 worker = self._by_pid.get(a)
                 if worker is not None:
@@ -503,7 +506,7 @@ class Monitor:
         if messages is None:
             self._on_server_lost_locked(now, out)
 
-    def _on_spawned_locked(self, worker_id: int, pid: int, now: float) -> None:
+    def _on_spawned_locked(self, worker_id: int, pid: int, now: float, out: list[Outcome]) -> None:
         worker = self._spawning.pop(worker_id, None)
         if worker is None:
             return
@@ -515,6 +518,9 @@ class Monitor:
             signal_group(pid, signal.SIGKILL)
         elif worker.tasks:
             self._start_head_locked(worker, now)
+        held, worker.held = worker.held, []
+        for kind, task_id, payload in held:
+            self._on_frame_locked(worker, kind, task_id, payload, now, out)
 
     def _on_server_lost_locked(self, now: float, out: list[Outcome]) -> None:
         """The fork server died: its workers die with it (PR_SET_PDEATHSIG)."""
@@ -546,12 +552,19 @@ class Monitor:
     def _read_worker_locked(self, worker: WorkerHandle, now: float, out: list[Outcome]) -> None:
         if worker.finalized:
             return
+        if worker.pid is None and self._server is not None:
+            # Its reply can beat the fork server's SPAWNED message: read that first,
+            # so the task is started (pid, attempts, deadline) before it is settled.
+            self._on_server_locked(now, out)
         try:
             frames, eof = worker.read()
         except ProtocolError as exc:
             log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc)
             self._stop_worker_locked(worker, "protocol", None, now)
             return
+        if worker.pid is None:
+            worker.held.extend(frames)  # settled when SPAWNED arrives
+            frames = []
         for kind, task_id, payload in frames:
             self._on_frame_locked(worker, kind, task_id, payload, now, out)
         if eof and worker.eof_at is None:

@@ -75,7 +75,8 @@ class RestartIntensity:
         A refused restart is not recorded, so the caller may give up cleanly.
         """
         horizon = now - self.max_seconds
-        while self._times and self._times[0] <= horizon:
+        # OTP keeps a restart exactly max_seconds old in the window (>= Now - Period).
+        while self._times and self._times[0] < horizon:
             self._times.popleft()
         if len(self._times) >= self.max_restarts:
             return False

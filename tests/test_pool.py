@@ -17,9 +17,11 @@ import asyncio
 import itertools
 import os
 import queue
+import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import (
     ALL_COMPLETED,
@@ -28,6 +30,7 @@ from concurrent.futures import (
     CancelledError,
     Future,
     ProcessPoolExecutor,
+    ThreadPoolExecutor,
     as_completed,
     wait,
 )
@@ -70,6 +73,15 @@ def append_line(path, text):
     with open(path, "a") as f:
         f.write(f"{text}\n")
     return text
+
+
+def record_then_wait(path, value, started=None, released=None, seconds=0.0):
+    """Append ``value`` to ``path``, run ``seconds``, wait on a gate if given; return it."""
+    append_line(path, value)
+    time.sleep(seconds)
+    if started is not None:
+        gated(started, released)
+    return value
 
 
 def takes_pool_option_names(*, timeout, restart, priority):
@@ -394,6 +406,40 @@ def test_run_in_executor_awaits_the_result(executor):
     assert asyncio.run(main()) == 4
 
 
+def test_submit_kwargs_named_fn_or_self_reach_the_task(executor):
+    """submit's own parameters are positional-only: fn= and self= go to the task."""
+    assert executor.submit(dict, fn=1, self=2).result(timeout=30) == {"fn": 1, "self": 2}
+
+
+def test_submit_large_argument_round_trips(executor):
+    """An argument and a result of several megabytes (more than a pipe buffer) arrive whole."""
+    blob = os.urandom(8 * 1024 * 1024)
+    assert executor.submit(_tasks.echo, blob).result(timeout=30) == blob
+
+
+def test_submit_from_many_threads_runs_every_task(executor):
+    """submit is thread-safe: tasks from several threads all complete."""
+
+    def submit_some(start):
+        return [executor.submit(_tasks.add, start, i) for i in range(25)]
+
+    with ThreadPoolExecutor(4) as threads:
+        batches = list(threads.map(submit_some, [0, 100, 200, 300], timeout=30))
+    results = sorted(f.result(timeout=30) for batch in batches for f in batch)
+    assert results == sorted(start + i for start in (0, 100, 200, 300) for i in range(25))
+
+
+def test_done_callback_can_submit_more_work(executor):
+    """A done-callback may submit a new task without deadlocking the executor."""
+    chained: queue.Queue[Future] = queue.Queue()
+
+    def resubmit(future):
+        chained.put(executor.submit(_tasks.add, future.result(), 1))
+
+    executor.submit(_tasks.echo, 1).add_done_callback(resubmit)
+    assert chained.get(timeout=30).result(timeout=30) == 2
+
+
 # -- isopool only: Task handles ----------------------------------------------------------
 
 
@@ -462,7 +508,7 @@ def test_named_function_map_with_chunks_yields_every_result(pool):
 )
 def test_named_function_that_does_not_import_raises_value_error(pool, name):
     """submit refuses a name that does not resolve, naming it, before anything runs."""
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=re.escape(repr(name))):
         pool.submit(name)
     assert pool.stats()["submitted"] == 0
 
@@ -519,7 +565,7 @@ def test_pool_permanent_restart_raises_value_error():
 def test_options_permanent_restart_submit_raises_value_error(pool):
     """submit through options(restart="permanent") is refused with a clear ValueError."""
     view = pool.options(restart="permanent")
-    with pytest.raises(ValueError, match="restart='permanent'.*TaskSupervisor"):
+    with pytest.raises(ValueError, match=r"restart='permanent'.*TaskSupervisor"):
         view.submit(_tasks.echo, 1)
     assert pool.stats()["submitted"] == 0
 
@@ -568,15 +614,22 @@ def test_map_endless_iterator_keeps_a_bounded_window(pool):
         results.close()
 
 
-def test_map_closed_early_cancels_what_has_not_started(one_worker, gate):
-    """Leaving map's iterator early cancels its tasks that have not started."""
-    blocker = one_worker.submit(gated, *gate.args)
-    results = one_worker.map(_tasks.echo, range(10))
+def test_map_closed_early_cancels_what_has_not_started(one_worker, gate, tmp_path):
+    """Closing map's iterator early cancels its tasks that have not started."""
+    log = tmp_path / "ran"
+    gates = [None, gate.args[0]] + [None] * 8
+    releases = [None, gate.args[1]] + [None] * 8
+    # The first task runs long enough that the pool sends one call at a time (no
+    # pipelining), so the tasks behind the gated one have not started when we close.
+    seconds = [0.05] + [0.0] * 9
+    results = one_worker.map(record_then_wait, [str(log)] * 10, range(10), gates, releases, seconds)
+    assert next(results) == 0
+    gate.wait_started()
     results.close()
     gate.release()
-    blocker.result(timeout=30)
+    assert wait_for(lambda: one_worker.stats()["completed"] == 2, timeout=30)
     assert wait_for(lambda: one_worker.stats()["pending"] == 0, timeout=10)
-    assert one_worker.stats()["completed"] == 1
+    assert log.read_text().split() == ["0", "1"]
 
 
 # -- isopool only: workers ---------------------------------------------------------------
@@ -588,7 +641,6 @@ def test_max_tasks_per_child_one_gives_each_task_a_fresh_worker(make_pool):
     tasks = [pool.submit(_tasks.getpid) for _ in range(6)]
     pids = [t.result(timeout=30) for t in tasks]
     assert len(set(pids)) == 6
-    assert [t.pid for t in tasks] == pids
 
 
 def test_initializer_runs_in_each_worker(make_pool):
@@ -677,6 +729,88 @@ def test_kill_finished_task_returns_false(pool):
     assert task.result(timeout=0) == 1
 
 
+def block_monitor(pool):
+    """Park ``pool``'s monitor thread in a done-callback; return the event that frees it.
+
+    Replies then pile up unread in the result pipes, which makes a reply that races
+    with ``kill()`` arrive deterministically after the kill.
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def park(_future):
+        if threading.current_thread().name.startswith("isopool-monitor"):
+            entered.set()
+            release.wait(30)
+
+    for _ in range(50):  # retry if the task finished before the callback was added
+        pool.submit(_tasks.echo, None).add_done_callback(park)
+        if entered.wait(5):
+            return release
+    pytest.fail("could not park the monitor thread in a done-callback")
+
+
+def warm_up_pipelining(pool):
+    """Run many tiny tasks, so that the pool writes several calls to a worker at once."""
+    assert list(pool.map(_tasks.echo, range(300), timeout=30)) == list(range(300))
+
+
+def test_kill_running_task_whose_reply_is_unread_raises_cancelled_error(one_worker, tmp_path):
+    """kill() returning True means waiting raises CancelledError, even if a reply was sent.
+
+    Regression test: a reply already in the pipe settled the task with its result
+    (fixed in ab8fc47; only Task.shutdown keeps such a reply).
+    """
+    ran = tmp_path / "ran"
+    release = block_monitor(one_worker)
+    try:
+        task = one_worker.submit(append_line, str(ran), "ran")
+        assert wait_for(ran.exists, timeout=30)  # done in the worker; its reply is unread
+        assert task.kill(wait=False)
+    finally:
+        release.set()
+    with pytest.raises(CancelledError):
+        task.result(timeout=30)
+
+
+def test_kill_does_not_fail_the_next_pipelined_task(one_worker, gate, tmp_path):
+    """Killing one task never fails another task that shared its worker.
+
+    Regression test: before 3a765a1 the stopped worker died while running the next
+    pipelined task, and that task failed with TaskCrashError (killed by SIGTERM).
+    """
+    ran = tmp_path / "ran"
+    warm_up_pipelining(one_worker)
+    release = block_monitor(one_worker)
+    try:
+        victim = one_worker.submit(append_line, str(ran), "victim")
+        innocent = one_worker.submit(gated, *gate.args, "innocent")
+        assert innocent.running()  # pipelined: already written to the same worker
+        gate.wait_started()  # the victim is done in the worker; the innocent one runs
+        victim.kill(wait=False)
+    finally:
+        release.set()
+    gate.release()
+    assert innocent.result(timeout=30) == "innocent"
+
+
+def test_kill_task_waiting_out_its_backoff_leaves_the_pool_working(tmp_path):
+    """kill() of a child waiting out its back-off cancels it; the pool stays right (a fixed bug)."""
+    runs = tmp_path / "runs"
+    with isopool.TaskSupervisor(max_workers=1) as supervisor:
+        try:
+            view = supervisor.options(restart="transient", max_retries=3, backoff=30.0)
+            child = view.start_child(_tasks.fail_n_times, str(runs), 10)
+            pool = supervisor.pool
+            assert wait_for(lambda: pool.stats()["restarted"] == 1, timeout=30)
+            assert child.kill()  # it now waits 15-30 s for its first retry
+            with pytest.raises(CancelledError):
+                child.result(timeout=30)
+            assert pool.stats()["pending"] == 0
+            assert pool.submit(_tasks.echo, "still works").result(timeout=30) == "still works"
+        finally:
+            supervisor.pool.terminate()
+
+
 # -- isopool only: priorities ------------------------------------------------------------
 
 
@@ -717,7 +851,7 @@ def test_stats_count_each_outcome(one_worker):
     failed = one_worker.submit(_tasks.raise_value_error)
     crashed = one_worker.submit(_tasks.exit_with, 3)
     assert [t.result(timeout=30) for t in ok] == [0, 1, 2]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="boom"):
         failed.result(timeout=30)
     with pytest.raises(isopool.TaskCrashError):
         crashed.result(timeout=30)
