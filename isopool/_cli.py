@@ -245,6 +245,7 @@ def _node(args: argparse.Namespace) -> int:
             workers=args.workers,
             secret_file=args.secret_file,
             lease=args.lease,
+            drain=args.drain,
         )
     except (ValueError, TypeError, QueueUnavailableError) as exc:
         print(f"isopool node: {exc}", file=sys.stderr)

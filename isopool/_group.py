@@ -26,7 +26,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 from ._errors import Shutdown as ShutdownExit
 from ._pool import Pool, at_exit, default_pool
 from ._spec import TaskOptions
-from ._task import Task
+from ._task import Task, describe
 
 __all__ = ["Submit", "TaskGroup", "default_submitter", "link_task", "pool_submitter", "spawn"]
 
@@ -86,6 +86,13 @@ def spawn(
     return task
 
 
+def ignore_task(task: Task[Any]) -> None:
+    """``Task.ignore``: unlink ``task``; it still must not outlive the program."""
+    if task._unlink is not None:
+        task._unlink(task)
+    _program.adopt_ignored(task)
+
+
 def link_task(task: Task[Any]) -> None:
     """Link ``task`` to the current TaskGroup, or else to the program."""
     group = _current_group.get()
@@ -101,7 +108,7 @@ def _log_failure(future: Future[Any]) -> None:
         return
     exc = task.exception(timeout=0)
     if exc is not None and not isinstance(exc, ShutdownExit):
-        log.error("%stask %d (%s) failed", _prefix(task), task.id, task.name, exc_info=exc)
+        log.error("%stask %d (%s) failed: %s", _prefix(task), task.id, task.name, describe(exc))
 
 
 def _prefix(task: Task[Any]) -> str:
@@ -112,6 +119,8 @@ def _abnormal(task: Task[Any]) -> bool:
     if task.cancelled():
         return False
     exc = task.exception(timeout=0)
+    if exc is not None and exc is task._kill_error and task._awaited:
+        return False  # await_ timed out and stopped it: the caller already has the error
     return exc is not None and not isinstance(exc, ShutdownExit)
 
 
@@ -140,6 +149,16 @@ class _ProgramLinks:
     def release(self, task: Task[Any]) -> None:
         task._program_linked = False
         self._done(task)
+
+    def adopt_ignored(self, task: Task[Any]) -> None:
+        """Keep an ignored task from delaying the exit: stop it then, log nothing."""
+        with self._lock:
+            if not self._hooked:
+                at_exit(self.stop_all)
+                self._hooked = True
+            self._tasks.add(task)
+        task._unlink = None
+        task.add_done_callback(self._done)
 
     def stop_all(self) -> None:
         """At exit: stop every linked task still running, brutally, without waiting long."""
@@ -274,7 +293,7 @@ class TaskGroup:
         errors: list[BaseException] = [
             error for t in tasks if _abnormal(t) and (error := t.exception(0)) is not None
         ]
-        if exc is not None:
+        if exc is not None and not any(error is exc for error in errors):
             errors.insert(0, exc)
         if errors:
             raise BaseExceptionGroup("unhandled errors in a TaskGroup", errors)

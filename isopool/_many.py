@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, InvalidStateError, wait
+from concurrent.futures import FIRST_COMPLETED, InvalidStateError, wait
 from typing import Any, Final
 
 from ._errors import TaskTimeoutError
@@ -21,6 +21,10 @@ def _stop(tasks: list[Task[Any]], error: BaseException | None = None) -> None:
     wait(tasks, timeout=_STOP_WAIT)
 
 
+def _failed(task: Task[Any]) -> bool:
+    return task.cancelled() or task.exception(0) is not None
+
+
 def await_many(tasks: list[Task[Any]], timeout: float | None) -> list[Any]:
     """All results in order, or the first failure; see ``Task.await_many``."""
     for task in tasks:
@@ -29,25 +33,29 @@ def await_many(tasks: list[Task[Any]], timeout: float | None) -> list[Any]:
                 raise InvalidStateError(f"task {task.id} ({task.name}) was already awaited")
             task._awaited = True
     deadline = None if timeout is None else time.monotonic() + timeout
-    pending: set[Any] = set(tasks)
-    while pending:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done, pending = wait(pending, timeout=remaining, return_when=FIRST_EXCEPTION)
-        failed = next((t for t in tasks if t in done and t.exception(0) is not None), None)
+    while True:
+        failed = next((t for t in tasks if t.done() and _failed(t)), None)
         if failed is not None:
             _stop([t for t in tasks if not t.done()])
-            raise failed.exception(0)  # type: ignore[misc]  # checked not None above
-        if pending and not done:
-            late = [t for t in tasks if not t.done()]
+            failed.result(0)  # raises its exception, or CancelledError if it was killed
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
             error = TaskTimeoutError(
-                f"{len(late)} of {len(tasks)} tasks did not reply within {timeout} s; "
+                f"{len(pending)} of {len(tasks)} tasks did not reply within {timeout} s; "
                 "they were stopped",
-                task_id=late[0].id,
-                task_name=late[0].name,
+                task_id=pending[0].id,
+                task_name=pending[0].name,
                 timeout=timeout,
             )
-            _stop(late, error)
+            _stop(pending, error)
+            for task in pending:
+                task._retrieved = True  # the caller gets this error: nothing is lost
             raise error
+        # FIRST_COMPLETED, not FIRST_EXCEPTION: a killed (cancelled) task must wake us too.
+        wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
     return [task.result(0) for task in tasks]
 
 

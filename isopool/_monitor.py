@@ -58,7 +58,7 @@ from ._errors import (
     ProtocolError,
 )
 from ._handle import WorkerHandle
-from ._outcome import Outcome, resolve
+from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import ForkServer, decode_exit, signal_group
 from ._queue import DelayedQueue, PendingQueue
@@ -206,10 +206,12 @@ class Monitor:
             self._check_open_locked()
             self._stats["submitted"] += 1
             self._pending.push(task)
-            self._dispatch_locked(time.monotonic())
+            refused: list[Outcome] = []
+            self._dispatch_locked(time.monotonic(), refused)
             wake = self._take_wake_locked()
         if wake:
             self._wake()
+        resolve(refused)
 
     def kill(
         self,
@@ -326,8 +328,12 @@ class Monitor:
             depth = min(depth, self._max_tasks - worker.assigned)
         return depth
 
-    def _dispatch_locked(self, now: float) -> None:
-        """Hand pending tasks to workers with room, least loaded first."""
+    def _dispatch_locked(self, now: float, out: list[Outcome]) -> None:
+        """Hand pending tasks to workers with room, least loaded first.
+
+        A task whose restart intensity has tripped (its supervisor gave up) is not
+        started: it fails with RestartLimitError, even if a worker is free.
+        """
         if not self._pending:
             return
         workers = [w for w in self._workers if w.accepting]
@@ -343,6 +349,10 @@ class Monitor:
                 if not task.set_running_or_notify_cancel():
                     continue  # cancelled by its owner while pending
                 task._dispatched = True
+            intensity = task._intensity
+            if intensity is not None and intensity.tripped and task.options.max_retries is None:
+                out.append(Outcome.error(task, tripped_error(task, intensity)))
+                continue
             self._assign_locked(worker, task, now)
             touched.add(worker)
         for worker in touched:
@@ -448,7 +458,7 @@ class Monitor:
             for task in self._delayed.release(now):
                 self._pending.push(task)
             self._replace_workers_locked()
-            self._dispatch_locked(now)
+            self._dispatch_locked(now, out)
             done = self._close_if_idle_locked(now)
             restart_server = self._server is None and not done
         resolve(out)

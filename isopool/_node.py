@@ -109,6 +109,7 @@ class Node:
         workers: Worker processes per supervisor (default: one per CPU).
         secret / secret_file: The signing secret (see ``RedisQueue``).
         lease: The job lease in seconds.
+        drain: On stop, seconds to let running calls finish before handing them back.
 
     Raises:
         ValueError: another live node has this name, or a bad option.
@@ -124,6 +125,7 @@ class Node:
         secret: str | bytes | None = None,
         secret_file: str | None = None,
         lease: float = 30.0,
+        drain: float = 30.0,
     ) -> None:
         if not name or any(c in name for c in "{}:. "):
             raise ValueError(f"node name must be a word without '{{}}:. ', got {name!r}")
@@ -154,7 +156,7 @@ class Node:
             "started": time.time(),
         }
         self._claim_name()
-        self._workers = [QueueWorker(q, workers=workers, drain=lease) for q in self._queues]
+        self._workers = [QueueWorker(q, workers=workers, drain=drain) for q in self._queues]
 
     def _claim_name(self) -> None:
         token = f"{self._info['host']}:{self._info['pid']}"

@@ -22,7 +22,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._policy import Exit
+    from ._policy import Exit, RestartIntensity
     from ._process import ExitInfo
     from ._task import Task
 
@@ -239,12 +239,29 @@ def _crash_error(task: Task[Any], pid: int | None, info: ExitInfo) -> TaskCrashE
     )
 
 
+def tripped_error(task: Task[Any], intensity: RestartIntensity) -> RestartLimitError:
+    """The error of a task not started because its supervisor's intensity tripped."""
+    return RestartLimitError(
+        f"{task._label or 'its supervisor'} gave up (more than {intensity.max_restarts} "
+        f"restarts within {intensity.max_seconds} s), so task {task.id} ({task.name}) "
+        "was not started",
+        task_id=task.id,
+        task_name=task.name,
+        attempts=task.attempts,
+    )
+
+
 def _restart_limit_error(task: Task[Any], last: Outcome) -> RestartLimitError:
     opts = task.options
+    if opts.max_retries is not None:
+        budget = f"used up its max_retries={opts.max_retries}"
+    else:
+        budget = (
+            f"exceeded its restart intensity ({opts.max_restarts} restarts within "
+            f"{opts.max_seconds} s)"
+        )
     error = RestartLimitError(
-        f"task {task.id} ({task.name}) {last.reason()} and exceeded its restart "
-        f"intensity ({opts.max_restarts} restarts within {opts.max_seconds} s) "
-        f"after {task.attempts} attempts",
+        f"task {task.id} ({task.name}) {last.reason()} and {budget} after {task.attempts} attempts",
         task_id=task.id,
         task_name=task.name,
         attempts=task.attempts,

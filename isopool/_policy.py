@@ -62,23 +62,26 @@ class RestartIntensity:
         True
     """
 
-    __slots__ = ("_times", "max_restarts", "max_seconds")
+    __slots__ = ("_times", "max_restarts", "max_seconds", "tripped")
 
     def __init__(self, max_restarts: int, max_seconds: float) -> None:
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
+        self.tripped = False  # refused once: the owner gave up (sticky)
         self._times: collections.deque[float] = collections.deque()
 
     def allow(self, now: float) -> bool:
         """Record a restart at ``now`` and return False if it exceeds the intensity.
 
-        A refused restart is not recorded, so the caller may give up cleanly.
+        A refused restart is not recorded, but it sets ``tripped`` for good: a
+        supervisor that gave up stays down (the monitor starts none of its tasks).
         """
         horizon = now - self.max_seconds
         # OTP keeps a restart exactly max_seconds old in the window (>= Now - Period).
         while self._times and self._times[0] < horizon:
             self._times.popleft()
         if len(self._times) >= self.max_restarts:
+            self.tripped = True
             return False
         self._times.append(now)
         return True

@@ -182,8 +182,11 @@ class QueueWorker:
                     self.queue.stream(band), GROUP, "-", "+", 50, idle=self._lease_ms
                 )
             for item in stale:
-                if item["consumer"].decode() != self.consumer:
-                    self._start(band, item["message_id"].decode(), claim_ms=self._lease_ms)
+                entry = item["message_id"].decode()
+                # Our own entries count too: one delivered to us whose reply was lost
+                # (a dropped connection) is not in _runs and would never run.
+                if entry not in self._runs:
+                    self._start(band, entry, claim_ms=self._lease_ms)
 
     def _start(self, band: int, entry: str, claim_ms: int) -> None:
         with self.queue.translate_errors():

@@ -481,6 +481,14 @@ class RedisQueue:
                     total += int(group.get("lag") or 0)
         return total
 
+    def check_epoch(self) -> None:
+        """Raise QueueUnavailableError if Redis lost this queue's state since we started."""
+        with self.translate_errors():
+            epoch = self.redis.get(f"{self.prefix}:epoch")
+        if epoch is None or epoch.decode() != self.epoch:
+            with self.translate_errors():
+                raise _redis_error("ISOPOOL_EPOCH queue state lost")
+
     def close(self) -> None:
         """Close the connection pool."""
         self.redis.close()
@@ -635,6 +643,7 @@ class Job:
         from concurrent.futures import CancelledError
 
         if state == "missing":
+            self.queue.check_epoch()
             raise QueueUnavailableError(
                 f"job {self.id} is not in queue {self.queue.name!r} (expired after its "
                 "result_ttl, never enqueued, or lost with the server's data)"
@@ -642,7 +651,7 @@ class Job:
         if state == "cancelled":
             raise CancelledError(f"job {self.id} was cancelled")
         why = reason.decode() if reason else ""
-        if blob is None:
+        if not blob:  # dead-lettered with no result of its own
             if why.startswith("delivery-limit"):
                 raise TaskCrashError(f"job {self.id} was dead-lettered: {why}")
             if why == "bad-signature":
@@ -654,6 +663,12 @@ class Job:
         if kind in (b"raised", b"shutdown"):
             raise _wire.loads_exception(body)
         raise pickle.loads(body)
+
+
+def _redis_error(message: str) -> Exception:
+    import redis
+
+    return redis.ResponseError(message)
 
 
 def _connect(url: str) -> redis.Redis:

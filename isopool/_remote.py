@@ -273,9 +273,12 @@ class RemoteTask:
         check_shutdown(timeout)
         self.job.cancel()
         try:
-            return self.yield_(10.0)
+            reply = self.yield_(10.0)
         except NodeDownError:
             return None
+        if reply is not None and reply.value == "killed" and not reply.ok:
+            return None  # stopped, as a local Task.shutdown reports it
+        return reply
 
     def _wait(self, timeout: float | None) -> Any:  # noqa: ANN401 - the task's value
         deadline = None if timeout is None else time.monotonic() + timeout

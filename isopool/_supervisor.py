@@ -126,7 +126,10 @@ class TaskSupervisor:
     def whereis(cls, name: str) -> TaskSupervisor | None:
         """Return the running supervisor registered as ``name``, or None."""
         with cls._registry_lock:
-            return cls._registry.get(name)
+            sup = cls._registry.get(name)
+        if sup is not None and sup._intensity.tripped:
+            return None  # it gave up; its done-callbacks may not have run yet
+        return sup
 
     @property
     def pool(self) -> Pool:
@@ -306,7 +309,8 @@ class TaskSupervisor:
     ) -> Task[Any]:
         with self._lock:
             self._check_open_locked()
-            if self._max_children is not None and len(self._children) >= self._max_children:
+            live = sum(1 for child in self._children if not child.done())
+            if self._max_children is not None and live >= self._max_children:
                 raise MaxChildrenError(
                     f"{self._label} already runs max_children={self._max_children} children"
                 )
@@ -338,7 +342,7 @@ class TaskSupervisor:
         return async_stream(submit, fn, iterable, spec, link=link, base=options)
 
     def _check_open_locked(self) -> None:
-        if self._state is _State.GAVE_UP:
+        if self._state is _State.GAVE_UP or self._intensity.tripped:
             raise RestartLimitError(
                 f"{self._label} shut down after more than {self._intensity.max_restarts} "
                 f"restarts within {self._intensity.max_seconds} s; start a new one"

@@ -38,7 +38,7 @@ from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown
 if TYPE_CHECKING:
     from ._policy import RestartIntensity
 
-__all__ = ["Reply", "Task"]
+__all__ = ["Reply", "Task", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,19 @@ class Reply(Generic[R]):
         if exc is not None:
             return cls("exit", exc)
         return cls("ok", task.result(timeout=0))
+
+
+def describe(exc: BaseException) -> str:
+    """An exception and its worker-side traceback, as text, for an ERROR log.
+
+    Uses the traceback text the worker sent rather than ``exc_info``: formatting a
+    traceback calls ``ast.parse`` on Python 3.11, which is not safe from another
+    thread or from ``__del__`` (CPython gh-106905).
+    """
+    cause = exc.__cause__
+    tb = getattr(cause, "tb", None)
+    text = f"{type(exc).__qualname__}: {exc}"
+    return f"{text}\n{tb}" if isinstance(tb, str) else text
 
 
 class _Owner(Protocol):
@@ -257,10 +270,10 @@ class Task(Future[R], Generic[R]):
                 exc = self._exception
                 if exc is not None and not isinstance(exc, ShutdownExit):
                     log.error(
-                        "linked task %d (%s) failed and nobody awaited it",
+                        "linked task %d (%s) failed and nobody awaited it: %s",
                         self.id,
                         self.name,
-                        exc_info=exc,
+                        describe(exc),
                     )
         except Exception:
             pass
@@ -337,14 +350,16 @@ class Task(Future[R], Generic[R]):
     def ignore(self) -> Reply[R] | None:
         """Unlink the task and give up on its reply (Elixir 1.13's ``Task.ignore``).
 
-        The task keeps running, no longer tied to its group or to the program's
-        exit; it can no longer be awaited. Returns its Reply if it had already
-        finished, else None.
+        The task keeps running, no longer tied to its group, and can no longer be
+        awaited; a failure is not reported. Still running at interpreter exit, it
+        is stopped (as every process dies with Elixir's VM). Returns its Reply if
+        it had already finished, else None.
         """
+        from ._group import ignore_task
+
         with self._condition:
             self._awaited = True
-        if self._unlink is not None:
-            self._unlink(self)
+        ignore_task(self)
         return Reply.of(self) if self.done() else None
 
     def __await__(self) -> Generator[Any, None, R]:

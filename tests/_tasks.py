@@ -152,3 +152,124 @@ def raise_unpicklable():
 
 def identity_sum(*args, **kwargs):
     return sum(args) + sum(kwargs.values())
+
+
+# -- for test_task.py, test_group.py and test_supervisor.py -------------------------------
+
+
+def trap_sigterm_ready_then_hang(marker, ready):
+    """As trap_sigterm_then_hang, but write ``ready`` once the SIGTERM handler is set."""
+
+    def on_term(signum, frame):
+        Path(marker).write_text("cleaned up")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    Path(ready).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+def write_after(path, seconds):
+    """Sleep ``seconds``, then write ``path``: proof that the task ran to its end."""
+    time.sleep(seconds)
+    Path(path).write_text("done")
+
+
+def record_span(directory, item, seconds=0.2):
+    """Write this run's pid and start/end times to ``directory/item``; return ``item``."""
+    start = time.time()
+    time.sleep(seconds)
+    Path(directory, str(item)).write_text(f"{os.getpid()} {start} {time.time()}")
+    return item
+
+
+def sleep_item(item):
+    """Sleep ``item[0]`` seconds and return ``item[1]``: for completion-order tests."""
+    seconds, value = item
+    time.sleep(seconds)
+    return value
+
+
+def hang_if(item, bad="hang"):
+    """Hang when ``item == bad``; otherwise return ``item``."""
+    if item == bad:
+        time.sleep(3600)
+    return item
+
+
+def raise_if(item, bad="bad"):
+    """Raise ValueError when ``item == bad``; otherwise return ``item``."""
+    if item == bad:
+        raise ValueError(f"bad item {item!r}")
+    return item
+
+
+def raise_shutdown(path=None, reason="done"):
+    """Count a run in ``path`` (if given), then exit normally with isopool.Shutdown."""
+    import isopool
+
+    if path is not None:
+        count_run(path)
+    raise isopool.Shutdown(reason)
+
+
+def fail_always(path):
+    """Count a run in ``path``, then raise RuntimeError."""
+    count_run(path)
+    raise RuntimeError(f"failure {runs(path)}")
+
+
+def stream_item(item):
+    """Act out ``item``: ("ok", v) returns v; ("raise", msg) raises ValueError(msg);
+    ("hang", path) writes this process's pid to ``path`` and hangs."""
+    kind, arg = item
+    if kind == "raise":
+        raise ValueError(arg)
+    if kind == "hang":
+        write_then_hang(arg)
+    return arg
+
+
+def echo_or_hang(directory, n, item):
+    """Return ``item`` if it is below ``n``; else write the pid to ``directory/item`` and hang."""
+    if item < n:
+        return item
+    write_then_hang(str(Path(directory, str(item))))
+
+
+# -- for test_redis_queue.py and test_node.py ---------------------------------------------
+
+
+def mark_then_sleep(path, seconds, value=None):
+    """Append this run's pid to ``path`` (one line per run), sleep, then return ``value``."""
+    count_run(path)
+    time.sleep(seconds)
+    return value
+
+
+def mark_then_sleep_env(path, seconds, name):
+    """As mark_then_sleep, but return the environment variable ``name`` of the worker."""
+    count_run(path)
+    time.sleep(seconds)
+    return os.environ.get(name)
+
+
+def record_start(path, label):
+    """Append ``label`` to ``path`` as this task starts (the start order); return it."""
+    with open(path, "a") as f:
+        f.write(f"{label}\n")
+    return label
+
+
+def ready_then_wait_for_gate(ready, gate, timeout=60.0):
+    """Write ``ready``, then block until ``gate`` exists (or ``timeout`` s): a blocker."""
+    Path(ready).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(gate)
+
+
+def node_identity():
+    """Return the node this worker belongs to (``ISOPOOL_NODE``) and this process's pid."""
+    return os.environ.get("ISOPOOL_NODE"), os.getpid()

@@ -91,3 +91,7 @@ def one_worker() -> Iterator[isopool.Pool]:
         yield p
     finally:
         p.terminate()
+
+
+# The Redis fixtures (redis_server, redis_factory, queues, processes) live in tests/_redis.py.
+pytest_plugins = ("tests._redis",)
