@@ -32,7 +32,10 @@ class Unsupported(Exception):
 
 
 class Peer(ABC):
-    """A process pool under test. Call ``start`` once, then ``shutdown`` or ``terminate``."""
+    """A process pool under test: ``start``, use, then ``shutdown`` or ``terminate``.
+
+    After a stop, ``start`` may be called again for a new pool.
+    """
 
     name: str  # the name used on the command line and in the tables
     distribution: str  # the package that provides it, for the header and missing()
