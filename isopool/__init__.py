@@ -27,6 +27,8 @@ A guide, in the order of Elixir's ``Task`` docs:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
 from ._errors import MaxChildrenError as MaxChildrenError
@@ -45,16 +47,6 @@ from ._errors import UnknownSupervisorError as UnknownSupervisorError
 from ._group import TaskGroup as TaskGroup
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
-from ._redis_queue import DeadLetter as DeadLetter
-from ._redis_queue import Job as Job
-from ._redis_queue import JobOptions as JobOptions
-from ._redis_queue import QueueOptions as QueueOptions
-from ._redis_queue import RedisQueue as RedisQueue
-from ._remote import Cluster as Cluster
-from ._remote import NodeInfo as NodeInfo
-from ._remote import RemoteSupervisor as RemoteSupervisor
-from ._remote import RemoteTask as RemoteTask
-from ._remote import connect as connect
 from ._spec import Restart as Restart
 from ._spec import ShutdownTimeout as ShutdownTimeout
 from ._spec import TaskOptions as TaskOptions
@@ -63,6 +55,48 @@ from ._supervisor import TaskSupervisor as TaskSupervisor
 from ._task import Reply as Reply
 from ._task import Task as Task
 from ._version import __version__ as __version__
+
+if TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
+    from ._redis_queue import DeadLetter as DeadLetter
+    from ._redis_queue import Job as Job
+    from ._redis_queue import JobOptions as JobOptions
+    from ._redis_queue import QueueOptions as QueueOptions
+    from ._redis_queue import RedisQueue as RedisQueue
+    from ._remote import Cluster as Cluster
+    from ._remote import NodeInfo as NodeInfo
+    from ._remote import RemoteSupervisor as RemoteSupervisor
+    from ._remote import RemoteTask as RemoteTask
+    from ._remote import connect as connect
+
+# The Redis queue and remote nodes are imported when first used, not with isopool:
+# every worker's fork server imports this package, and worker start-up is a
+# benchmark figure (the core never imports the distributed layer; STYLE.md §1).
+_LAZY = {
+    "Cluster": "_remote",
+    "DeadLetter": "_redis_queue",
+    "Job": "_redis_queue",
+    "JobOptions": "_redis_queue",
+    "NodeInfo": "_remote",
+    "QueueOptions": "_redis_queue",
+    "RedisQueue": "_redis_queue",
+    "RemoteSupervisor": "_remote",
+    "RemoteTask": "_remote",
+    "connect": "_remote",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'isopool' has no attribute {name!r}")
+    import importlib
+
+    obj = getattr(importlib.import_module(f".{module}", __name__), name)
+    if isinstance(obj, type):
+        obj.__module__ = "isopool"
+    globals()[name] = obj
+    return obj
+
 
 __all__ = [
     "BrokenPoolError",
@@ -105,7 +139,7 @@ __all__ = [
 
 # Show public objects as isopool.X in reprs, tracebacks and pickles.
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if isinstance(_obj, type):
         _obj.__module__ = "isopool"
 del _name, _obj

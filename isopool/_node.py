@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any, Final
 
 from ._queue_worker import QueueWorker
@@ -54,6 +53,8 @@ def queue_name(node: str, supervisor: str) -> str:
 
 def fingerprint() -> str:
     """A hash of what this Python can import: its version, sys.path and distributions."""
+    from importlib import metadata  # only nodes need it (~10 ms to import)
+
     digest = hashlib.sha256(sys.version.encode())
     for entry in sys.path:
         digest.update(entry.encode() + b"\0")

@@ -22,7 +22,6 @@ history) belong to the monitor and are read and written only under its lock.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -364,6 +363,8 @@ class Task(Future[R], Generic[R]):
 
     def __await__(self) -> Generator[Any, None, R]:
         """``await task`` inside asyncio; cancelling the awaiter stops the task."""
+        import asyncio  # here, not at import time: workers never need it (~15 ms)
+
         future = asyncio.wrap_future(self)
         try:
             return (yield from future.__await__())
