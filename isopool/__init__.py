@@ -27,7 +27,7 @@ A guide, in the order of Elixir's ``Task`` docs:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
@@ -56,7 +56,7 @@ from ._task import Reply as Reply
 from ._task import Task as Task
 from ._version import __version__ as __version__
 
-if TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
+if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
     from ._redis_queue import DeadLetter as DeadLetter
     from ._redis_queue import Job as Job
     from ._redis_queue import JobOptions as JobOptions
