@@ -65,7 +65,7 @@ class WorkerHandle:
         self.eof_at: float | None = None  # when its result pipe reached EOF
         self.finalized = False
         # Frames read before the fork server said the worker's pid (rare race).
-        self.held: list[tuple[int, int, bytes]] = []
+        self.held: list[_wire.Frame] = []
 
     @property
     def accepting(self) -> bool:
@@ -106,24 +106,30 @@ class WorkerHandle:
                     written = 0
         return bool(out)
 
-    def read(self) -> tuple[list[tuple[int, int, bytes]], bool]:
+    def read(self) -> tuple[list[_wire.Frame], bool]:
         """Read what the worker wrote; return (whole frames, whether EOF was reached).
+
+        A large frame is read straight into its own buffer (no intermediate copies).
 
         Raises:
             ProtocolError: the worker wrote a malformed frame.
         """
-        chunks = []
-        eof = False
+        frames: list[_wire.Frame] = []
+        reader, fd = self.reader, self.pipes.result_r
         while True:
+            room = reader.room()
             try:
-                data = os.read(self.pipes.result_r, _READ_SIZE)
+                if room is not None:
+                    count = os.readv(fd, [room])
+                    if count:
+                        frames.extend(reader.filled(count))
+                        continue
+                    return frames, True
+                data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
-                break
+                return frames, False
             except OSError:
-                data = b""
+                return frames, True
             if not data:
-                eof = True
-                break
-            chunks.append(data)
-        frames = self.reader.feed(b"".join(chunks)) if chunks else []
-        return frames, eof
+                return frames, True
+            frames.extend(reader.feed(data))

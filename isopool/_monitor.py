@@ -31,8 +31,11 @@ non-blocking pipe I/O.
 
 Dispatch pipelines: when recent tasks ran for under ``_FAST_TASK`` seconds, up to
 ``_PIPELINE_DEPTH`` calls are written to a worker at once (one syscall), so a burst
-of tiny tasks is not paced by round trips. Slow tasks get one call per worker, so a
-long task never holds others hostage.
+of tiny tasks is not paced by round trips. The trade-off: a call already written to
+a worker waits for the calls before it there, so a slow task arriving after a run of
+fast ones can hold up to ``_PIPELINE_DEPTH - 1`` calls behind it while another
+worker idles (ProcessPoolExecutor queues one extra call per worker for the same
+reason). Once slow tasks dominate the mean, each worker gets one call at a time.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import math
 import os
 import select
 import signal
@@ -70,7 +72,7 @@ __all__ = ["Monitor", "State"]
 log = logging.getLogger(__name__)
 
 _FAST_TASK: Final = 0.002  # below this mean run time (s), pipelining pays for itself
-_PIPELINE_DEPTH: Final = 16  # enough to hide a round trip; small enough to rebalance
+_PIPELINE_DEPTH: Final = 16  # enough to hide a round trip (4 costs ~30% of throughput)
 # How long to wait for the fork server's EXITED message after a worker's pipe hit EOF
 # before declaring its exit status unknown (the fork server died with it).
 _STATUS_WAIT: Final = 2.0
@@ -118,7 +120,7 @@ class Monitor:
         self._task_ids = itertools.count(1)
         self._stats: collections.Counter[str] = collections.Counter()
         self._ema: float | None = None  # mean run time of recent tasks, seconds
-        self._sleep_until = math.inf
+        self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
         self._server: ForkServer | None = None
         self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
@@ -200,7 +202,7 @@ class Monitor:
             PoolClosedError: the pool was shut down.
             BrokenPoolError: the pool is broken.
         """
-        if task.done():
+        if not task._payload:
             return  # its call did not pickle; it already failed
         with self._lock:
             self._check_open_locked()
@@ -443,17 +445,19 @@ class Monitor:
 
     def _step(self) -> bool:
         """One round: wait for events or the next deadline, then act. False: done."""
-        with self._lock:
-            now = time.monotonic()
-            deadline = min(self._next_deadline_locked(), now + _HEARTBEAT)
-            self._sleep_until = deadline
-        events = self._epoll.poll(max(0.0, deadline - now))
+        events = self._epoll.poll(max(0.0, self._sleep_until - time.monotonic()))
+        # Read the workers' pipes before taking the lock: only this thread reads or
+        # closes them, and submitting threads then wait less for the lock.
+        reads = [self._pre_read(fd) for fd, _mask in events]
         out: list[Outcome] = []
         with self._lock:
-            self._sleep_until = -math.inf  # awake: nobody needs to wake us
             now = time.monotonic()
-            for fd, mask in events:
-                self._on_event_locked(fd, mask, now, out)
+            for (fd, mask), read in zip(events, reads, strict=True):
+                if read is None:
+                    self._on_event_locked(fd, mask, now, out)
+            for read in reads:  # after the fork server's messages: SPAWNED comes first
+                if read is not None:
+                    self._apply_read_locked(*read, now, out)
             self._check_deadlines_locked(now, out)
             for task in self._delayed.release(now):
                 self._pending.push(task)
@@ -461,10 +465,23 @@ class Monitor:
             self._dispatch_locked(now, out)
             done = self._close_if_idle_locked(now)
             restart_server = self._server is None and not done
+            self._sleep_until = min(self._next_deadline_locked(), now + _HEARTBEAT)
         resolve(out)
         if restart_server:
             self._start_server()
         return not done
+
+    def _pre_read(
+        self, fd: int
+    ) -> tuple[WorkerHandle, list[_wire.Frame], bool, ProtocolError | None] | None:
+        kind, worker = self._fds.get(fd, (-1, None))
+        if kind != _RESULT or worker is None or worker.finalized:
+            return None
+        try:
+            frames, eof = worker.read()
+        except ProtocolError as exc:
+            return worker, [], False, exc
+        return worker, frames, eof, None
 
     def _on_event_locked(self, fd: int, mask: int, now: float, out: list[Outcome]) -> None:
         kind, worker = self._fds.get(fd, (-1, None))
@@ -476,8 +493,6 @@ class Monitor:
                 pass
         elif kind == _SERVER:
             self._on_server_locked(now, out)
-        elif kind == _RESULT and worker is not None:
-            self._read_worker_locked(worker, now, out)
         elif kind == _CALL and worker is not None:
             self._flush_locked(worker)
 
@@ -569,9 +584,27 @@ class Monitor:
         try:
             frames, eof = worker.read()
         except ProtocolError as exc:
-            log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, exc)
+            self._apply_read_locked(worker, [], False, exc, now, out)
+            return
+        self._apply_read_locked(worker, frames, eof, None, now, out)
+
+    def _apply_read_locked(
+        self,
+        worker: WorkerHandle,
+        frames: list[_wire.Frame],
+        eof: bool,
+        error: ProtocolError | None,
+        now: float,
+        out: list[Outcome],
+    ) -> None:
+        if worker.finalized:
+            return
+        if error is not None:
+            log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, error)
             self._stop_worker_locked(worker, "protocol", None, now)
             return
+        if worker.pid is None and self._server is not None:
+            self._on_server_locked(now, out)  # see _read_worker_locked
         if worker.pid is None:
             worker.held.extend(frames)  # settled when SPAWNED arrives
             frames = []
@@ -586,7 +619,7 @@ class Monitor:
         worker: WorkerHandle,
         kind: int,
         task_id: int,
-        payload: bytes,
+        payload: _wire.Payload,
         now: float,
         out: list[Outcome],
     ) -> None:

@@ -20,6 +20,7 @@ from ._errors import (
     TaskCrashError,
     TaskTimeoutError,
 )
+from ._wire import Payload
 
 if TYPE_CHECKING:
     from ._policy import Exit, RestartIntensity
@@ -55,17 +56,17 @@ class Outcome:
     # -- constructors --------------------------------------------------------
 
     @classmethod
-    def ok(cls, task: Task[Any], payload: bytes) -> Outcome:
+    def ok(cls, task: Task[Any], payload: Payload) -> Outcome:
         """The task returned; ``payload`` is its pickled value."""
         return cls("ok", task, payload)
 
     @classmethod
-    def raised(cls, task: Task[Any], payload: bytes) -> Outcome:
+    def raised(cls, task: Task[Any], payload: Payload) -> Outcome:
         """The task raised; ``payload`` is the pickled (exception, traceback)."""
         return cls("raised", task, payload)
 
     @classmethod
-    def bad_payload(cls, task: Task[Any], payload: bytes) -> Outcome:
+    def bad_payload(cls, task: Task[Any], payload: Payload) -> Outcome:
         """The worker could not unpickle the call or pickle the result/exception."""
         return cls("bad_payload", task, payload)
 
@@ -97,7 +98,7 @@ class Outcome:
         return cls("cancelled", task)
 
     @classmethod
-    def shutdown(cls, task: Task[Any], payload: bytes) -> Outcome:
+    def shutdown(cls, task: Task[Any], payload: Payload) -> Outcome:
         """The task raised ``isopool.Shutdown``: a normal exit, as Elixir's ``:shutdown``."""
         return cls("shutdown", task, payload)
 
@@ -160,7 +161,7 @@ class Outcome:
         )
 
     @staticmethod
-    def describe_init_failure(payload: bytes) -> str:
+    def describe_init_failure(payload: Payload) -> str:
         """The message for a worker whose initializer raised."""
         type_name, message, tb = pickle.loads(payload)
         return f"worker initializer raised {type_name}: {message}\n{tb}"

@@ -34,7 +34,9 @@ __all__ = [
     "MAX_PAYLOAD",
     "RESULT",
     "SHUTDOWN",
+    "Frame",
     "FrameReader",
+    "Payload",
     "RemoteTraceback",
     "dumps",
     "dumps_call",
@@ -67,8 +69,21 @@ def pack_header(kind: int, task_id: int, length: int) -> bytes:
     return HEADER.pack(VERSION, kind, 0, length, task_id)
 
 
+Payload = bytes | bytearray
+"""A frame's payload: bytes, or the bytearray a large frame was read into (no copy)."""
+Frame = tuple[int, int, Payload]
+"""(kind, task id, payload)."""
+
+# Frames at least this large are read straight into a buffer of their own size: a
+# growing buffer would copy a 10 MB result several times over.
+_LARGE: Final = 256 * 1024
+
+
 class FrameReader:
     """Split a byte stream into frames; feed it whatever the pipe gave.
+
+    A large frame is assembled in a buffer of its exact size; ``room()`` exposes the
+    part still to fill, so a reader can ``readv`` into it directly.
 
     Example:
         >>> reader = FrameReader()
@@ -77,28 +92,58 @@ class FrameReader:
         ([], [(2, 7, b'ok')])
     """
 
-    __slots__ = ("_buf", "_need")
+    __slots__ = ("_big", "_big_head", "_buf", "_fill", "_need")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._need = HEADER.size
+        self._big: bytearray | None = None  # the large frame being assembled
+        self._big_head = (0, 0)  # its (kind, task id)
+        self._fill = 0  # bytes of it received
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
-        return len(self._buf)
+        return len(self._buf) + self._fill
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+    def room(self) -> memoryview | None:
+        """The unfilled part of a large frame in progress, to read into; else None."""
+        if self._big is None:
+            return None
+        return memoryview(self._big)[self._fill :]
+
+    def filled(self, count: int) -> list[Frame]:
+        """``count`` bytes were read into ``room()``; return the frame if complete."""
+        big = self._big
+        if big is None:
+            raise ValueError("filled() without a large frame in progress")
+        self._fill += count
+        if self._fill < len(big):
+            return []
+        kind, task_id = self._big_head
+        self._big, self._fill = None, 0
+        return [(kind, task_id, big)]
+
+    def feed(self, data: bytes) -> list[Frame]:
         """Add ``data`` and return every frame it completes, as (kind, task id, payload).
 
         Raises:
             ProtocolError: a header has the wrong version or an unknown kind.
         """
+        frames: list[Frame] = []
+        view = memoryview(data)
+        if self._big is not None:
+            room = memoryview(self._big)[self._fill :]
+            count = min(len(room), len(view))
+            room[:count] = view[:count]
+            frames.extend(self.filled(count))
+            view = view[count:]
+            if not view:
+                return frames
         buf = self._buf
-        buf += data
+        buf += view
         if len(buf) < self._need:
-            return []
-        frames: list[tuple[int, int, bytes]] = []
+            return frames
         pos, end = 0, len(buf)
         while end - pos >= HEADER.size:
             version, kind, _flags, length, task_id = HEADER.unpack_from(buf, pos)
@@ -106,12 +151,22 @@ class FrameReader:
                 from ._errors import ProtocolError
 
                 raise ProtocolError(f"malformed frame header: version {version}, kind {kind}")
-            stop = pos + HEADER.size + length
-            if stop > end:
+            start = pos + HEADER.size
+            stop = start + length
+            if stop <= end:
+                frames.append((kind, task_id, bytes(memoryview(buf)[start:stop])))
+                pos = stop
+                continue
+            if length >= _LARGE:  # assemble it in place from here on
+                self._big = bytearray(length)
+                self._big_head = (kind, task_id)
+                self._fill = end - start
+                self._big[: self._fill] = memoryview(buf)[start:end]
+                pos = end
+                self._need = HEADER.size
+            else:
                 self._need = stop - pos
-                break
-            frames.append((kind, task_id, bytes(buf[pos + HEADER.size : stop])))
-            pos = stop
+            break
         else:
             self._need = HEADER.size
         del buf[:pos]

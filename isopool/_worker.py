@@ -55,16 +55,20 @@ def serve(call_fd: int, result_fd: int, max_tasks: int, initializer: bytes | Non
     _exit(0)
 
 
-def _read_frames(fd: int, reader: _wire.FrameReader) -> list[tuple[int, int, bytes]] | None:
+def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None:
     """Block until at least one whole frame arrives; None on EOF."""
     while True:
-        try:
+        room = reader.room()
+        if room is not None:  # a large call: read it in place
+            count = os.readv(fd, [room])
+            if not count:
+                return None
+            frames = reader.filled(count)
+        else:
             data = os.read(fd, _READ_SIZE)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-            continue
-        if not data:
-            return None
-        frames = reader.feed(data)
+            if not data:
+                return None
+            frames = reader.feed(data)
         if frames:
             return frames
 
@@ -81,7 +85,7 @@ def _run_initializer(result_fd: int, payload: bytes) -> None:
         _exit(3)
 
 
-def _run_call(result_fd: int, task_id: int, payload: bytes) -> None:
+def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     try:
         fn, args, kwargs, memory_limit = pickle.loads(payload)
         if isinstance(fn, str):
