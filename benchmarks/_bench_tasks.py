@@ -69,3 +69,18 @@ def mark_then_crash(path, how, delay):
     if how == "segfault":
         ctypes.string_at(0)
     os._exit(1)
+
+
+def sleep_then(seconds):
+    """Sleep, then return the worker's pid (the queue benchmark's recovery job)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def burn_ms(milliseconds):
+    """Burn about ``milliseconds`` of CPU in pure Python."""
+    deadline = time.thread_time() + milliseconds / 1000
+    total = 0
+    while time.thread_time() < deadline:
+        total += sum(range(200))
+    return total
