@@ -278,6 +278,9 @@ def fmt(stat, unit):
 
 
 def main():
+    import logging
+
+    logging.getLogger("isopool").setLevel(logging.ERROR)  # the no-persistence warning
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     parser.add_argument("--json", default=str(HERE / "results-queue.json"))
