@@ -452,12 +452,15 @@ class Monitor:
         out: list[Outcome] = []
         with self._lock:
             now = time.monotonic()
+            # Replies first, then the fork server's messages: a worker's last reply
+            # must be settled before its EXITED finalizes it (max_tasks_per_child).
+            # A reply that beats its worker's SPAWNED is held until SPAWNED comes.
+            for read in reads:
+                if read is not None:
+                    self._apply_read_locked(*read, now, out)
             for (fd, mask), read in zip(events, reads, strict=True):
                 if read is None:
                     self._on_event_locked(fd, mask, now, out)
-            for read in reads:  # after the fork server's messages: SPAWNED comes first
-                if read is not None:
-                    self._apply_read_locked(*read, now, out)
             self._check_deadlines_locked(now, out)
             for task in self._delayed.release(now):
                 self._pending.push(task)
@@ -603,8 +606,6 @@ class Monitor:
             log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, error)
             self._stop_worker_locked(worker, "protocol", None, now)
             return
-        if worker.pid is None and self._server is not None:
-            self._on_server_locked(now, out)  # see _read_worker_locked
         if worker.pid is None:
             worker.held.extend(frames)  # settled when SPAWNED arrives
             frames = []

@@ -643,6 +643,19 @@ def test_max_tasks_per_child_one_gives_each_task_a_fresh_worker(make_pool):
     assert len(set(pids)) == 6
 
 
+def test_max_tasks_per_child_one_never_mistakes_the_exit_for_a_crash(make_pool):
+    """A worker's reply and its exit read in one round settle as a result, not a crash.
+
+    Regression: the monitor once finalized the worker (exit code 0) before applying
+    the reply it had already read, failing the task with TaskCrashError.
+    """
+    pool = make_pool(2, max_tasks_per_child=1)
+    for _ in range(100):
+        task = pool.submit(_tasks.getpid)
+        assert task.result(timeout=30) == task.pid
+        assert task.attempts == 1
+
+
 def test_initializer_runs_in_each_worker(make_pool):
     """The initializer runs in every new worker before its first task."""
     pool = make_pool(2, initializer=remember, initargs=("ready",), max_tasks_per_child=1)
