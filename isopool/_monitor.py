@@ -355,6 +355,15 @@ class Monitor:
             if intensity is not None and intensity.tripped and task.options.max_retries is None:
                 out.append(Outcome.error(task, tripped_error(task, intensity)))
                 continue
+            if task._label is not None and worker.tasks:
+                # A supervisor's child is never queued behind another call: if its
+                # supervisor gives up meanwhile, it must not have been written to a
+                # worker already (and supervised children are rarely tiny).
+                idle = next((w for w in workers if not w.tasks), None)
+                if idle is None:
+                    self._pending.push(task)
+                    break
+                worker = idle
             self._assign_locked(worker, task, now)
             touched.add(worker)
         for worker in touched:
@@ -368,8 +377,9 @@ class Monitor:
     def _start_head_locked(self, worker: WorkerHandle, now: float) -> None:
         """The head of ``worker`` starts running now (if the worker exists yet)."""
         task = worker.tasks[0]
-        if task._kill_requested:
+        if task._kill_requested:  # stopped before it started: not an attempt
             self._stop_worker_locked(worker, "kill", task, now)
+            return
         if worker.pid is None or task._started_at is not None:
             return  # started when the fork server reports the worker's pid
         task._started_at = now

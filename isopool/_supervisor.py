@@ -46,7 +46,96 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class TaskSupervisor:
+class _Starting:
+    """Starting children: shared by TaskSupervisor and its options views.
+
+    A subclass provides ``_sup`` (the supervisor) and ``_options`` (the settings
+    its children start with).
+    """
+
+    _sup: TaskSupervisor
+    _options: TaskOptions
+
+    def start_child(
+        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Task[Any]:
+        """Start a supervised fire-and-forget child; return its Task.
+
+        The Task resolves when the child stops for good: after a normal exit for a
+        temporary or transient child, never for a permanent one (until it is
+        terminated or the supervisor gives up).
+
+        Raises:
+            MaxChildrenError: the supervisor already runs ``max_children``.
+            RestartLimitError: the supervisor gave up (restart intensity).
+            PoolClosedError: the supervisor was closed.
+        """
+        return self._sup._start(fn, args, kwargs, self._options, link=False)
+
+    @overload
+    def async_(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+
+    @overload
+    def async_(self, fn: str, /, *args: object, **kwargs: object) -> Task[Any]: ...
+
+    def async_(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
+        """Start a supervised task linked to the caller (its TaskGroup or the program).
+
+        As in Elixir, only the ``shutdown`` option may differ from the defaults: a
+        restarted async task would lose its caller's reference.
+        """
+        _only_shutdown(self._options, "async_")
+        return self._sup._start(fn, args, kwargs, self._options, link=True)
+
+    def async_nolink(
+        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Task[Any]:
+        """Start a supervised task not linked to the caller.
+
+        Its failure never propagates to the caller's group; it comes back only
+        through ``await_``/``yield_``. Only ``shutdown`` may differ from the defaults.
+        """
+        _only_shutdown(self._options, "async_nolink")
+        return self._sup._start(fn, args, kwargs, self._options, link=False)
+
+    def async_stream(
+        self,
+        fn: Callable[..., object] | str,
+        iterable: Iterable[Any],
+        *,
+        max_concurrency: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = 5.0,
+        on_timeout: Literal["exit", "kill_task"] = "exit",
+        zip_input_on_exit: bool = False,
+        progress: bool = False,
+    ) -> Iterator[Reply[Any]]:
+        """As ``Task.async_stream``, on this supervisor; a task failure raises."""
+        spec = StreamSpec.build(
+            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
+        )
+        return self._sup._stream(fn, iterable, self._options, True, spec)
+
+    def async_stream_nolink(
+        self,
+        fn: Callable[..., object] | str,
+        iterable: Iterable[Any],
+        *,
+        max_concurrency: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = 5.0,
+        on_timeout: Literal["exit", "kill_task"] = "exit",
+        zip_input_on_exit: bool = False,
+        progress: bool = False,
+    ) -> Iterator[Reply[Any]]:
+        """As ``async_stream``, but a failed task yields ``Reply("exit", exc)``."""
+        spec = StreamSpec.build(
+            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
+        )
+        return self._sup._stream(fn, iterable, self._options, False, spec)
+
+
+class TaskSupervisor(_Starting):
     """A named supervisor of tasks, each running in its own OS process.
 
     Children are started with ``start_child`` (fire and forget, restarted by their
@@ -107,6 +196,7 @@ class TaskSupervisor:
         self._state = _State.RUNNING
         self._children: set[Task[Any]] = set()
         self._label = f"supervisor {self.name!r}"
+        self._sup = self
         with TaskSupervisor._registry_lock:
             if self.name in TaskSupervisor._registry:
                 raise ValueError(f"a TaskSupervisor named {self.name!r} is already running")
@@ -179,80 +269,6 @@ class TaskSupervisor:
             if value is not ...
         }
         return SupervisorOptions(self, self._options.replace(**changes))
-
-    # -- starting children -------------------------------------------------------
-
-    def start_child(
-        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
-    ) -> Task[Any]:
-        """Start a supervised fire-and-forget child; return its Task.
-
-        The Task resolves when the child stops for good: after a normal exit for a
-        temporary or transient child, never for a permanent one (until it is
-        terminated or the supervisor gives up).
-
-        Raises:
-            MaxChildrenError: the supervisor already runs ``max_children``.
-            RestartLimitError: the supervisor gave up (restart intensity).
-            PoolClosedError: the supervisor was closed.
-        """
-        return self._start(fn, args, kwargs, self._options, link=False)
-
-    @overload
-    def async_(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
-
-    @overload
-    def async_(self, fn: str, /, *args: object, **kwargs: object) -> Task[Any]: ...
-
-    def async_(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
-        """Start a supervised task linked to the caller (its TaskGroup or the program)."""
-        return self._start(fn, args, kwargs, self._options, link=True)
-
-    def async_nolink(
-        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
-    ) -> Task[Any]:
-        """Start a supervised task not linked to the caller.
-
-        Its failure never propagates to the caller's group; it comes back only
-        through ``await_``/``yield_``.
-        """
-        return self._start(fn, args, kwargs, self._options, link=False)
-
-    def async_stream(
-        self,
-        fn: Callable[..., object] | str,
-        iterable: Iterable[Any],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float | None = 5.0,
-        on_timeout: Literal["exit", "kill_task"] = "exit",
-        zip_input_on_exit: bool = False,
-        progress: bool = False,
-    ) -> Iterator[Reply[Any]]:
-        """As ``Task.async_stream``, on this supervisor; a task failure raises."""
-        spec = StreamSpec.build(
-            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
-        )
-        return self._stream(fn, iterable, self._options, True, spec)
-
-    def async_stream_nolink(
-        self,
-        fn: Callable[..., object] | str,
-        iterable: Iterable[Any],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float | None = 5.0,
-        on_timeout: Literal["exit", "kill_task"] = "exit",
-        zip_input_on_exit: bool = False,
-        progress: bool = False,
-    ) -> Iterator[Reply[Any]]:
-        """As ``async_stream``, but a failed task yields ``Reply("exit", exc)``."""
-        spec = StreamSpec.build(
-            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
-        )
-        return self._stream(fn, iterable, self._options, False, spec)
 
     # -- children ------------------------------------------------------------------
 
@@ -409,7 +425,7 @@ def _only_shutdown(options: TaskOptions, where: str) -> None:
         )
 
 
-class SupervisorOptions:
+class SupervisorOptions(_Starting):
     """A view of a TaskSupervisor that starts children with other options."""
 
     def __init__(self, supervisor: TaskSupervisor, options: TaskOptions) -> None:
@@ -422,59 +438,3 @@ class SupervisorOptions:
     def options(self, **changes: object) -> SupervisorOptions:
         """Return a view with ``changes`` applied on top of this one's options."""
         return SupervisorOptions(self._sup, self._options.replace(**changes))
-
-    def start_child(
-        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
-    ) -> Task[Any]:
-        """As ``TaskSupervisor.start_child``, with this view's options."""
-        return self._sup._start(fn, args, kwargs, self._options, link=False)
-
-    def async_(
-        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
-    ) -> Task[Any]:
-        """As ``TaskSupervisor.async_``; only ``shutdown`` may differ from the defaults."""
-        _only_shutdown(self._options, "async_")
-        return self._sup._start(fn, args, kwargs, self._options, link=True)
-
-    def async_nolink(
-        self, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
-    ) -> Task[Any]:
-        """As ``TaskSupervisor.async_nolink``; only ``shutdown`` may differ."""
-        _only_shutdown(self._options, "async_nolink")
-        return self._sup._start(fn, args, kwargs, self._options, link=False)
-
-    def async_stream(
-        self,
-        fn: Callable[..., object] | str,
-        iterable: Iterable[Any],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float | None = 5.0,
-        on_timeout: Literal["exit", "kill_task"] = "exit",
-        zip_input_on_exit: bool = False,
-        progress: bool = False,
-    ) -> Iterator[Reply[Any]]:
-        """As ``TaskSupervisor.async_stream``, with this view's ``shutdown``."""
-        spec = StreamSpec.build(
-            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
-        )
-        return self._sup._stream(fn, iterable, self._options, True, spec)
-
-    def async_stream_nolink(
-        self,
-        fn: Callable[..., object] | str,
-        iterable: Iterable[Any],
-        *,
-        max_concurrency: int | None = None,
-        ordered: bool = True,
-        timeout: float | None = 5.0,
-        on_timeout: Literal["exit", "kill_task"] = "exit",
-        zip_input_on_exit: bool = False,
-        progress: bool = False,
-    ) -> Iterator[Reply[Any]]:
-        """As ``TaskSupervisor.async_stream_nolink``, with this view's ``shutdown``."""
-        spec = StreamSpec.build(
-            max_concurrency, ordered, timeout, on_timeout, zip_input_on_exit, progress
-        )
-        return self._sup._stream(fn, iterable, self._options, False, spec)
