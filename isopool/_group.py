@@ -24,22 +24,18 @@ from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from ._errors import Shutdown as ShutdownExit
+from ._many import stop_tasks
 from ._pool import Pool, at_exit, default_pool
 from ._spec import TaskOptions
+from ._stream import Submit
 from ._task import Task, describe
 
-__all__ = ["Submit", "TaskGroup", "default_submitter", "link_task", "pool_submitter", "spawn"]
+__all__ = ["TaskGroup", "default_submitter", "link_task", "pool_submitter", "spawn"]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-Submit = Callable[
-    [Callable[..., object] | str, tuple[object, ...], dict[str, object], TaskOptions | None],
-    Task[Any],
-]
-"""How a group, a stream or a supervisor starts one task: (fn, args, kwargs, options)."""
 
 _STOP_WAIT: Final = 10.0  # seconds to wait for stopped tasks' processes to be gone
 
@@ -164,9 +160,7 @@ class _ProgramLinks:
         """At exit: stop every linked task still running, brutally, without waiting long."""
         with self._lock:
             tasks = [t for t in self._tasks if isinstance(t, Task)]
-        for task in tasks:
-            task._owner.kill(task, False, "brutal_kill")
-        wait(tasks, timeout=_STOP_WAIT)
+        stop_tasks(tasks, "brutal_kill")
 
 
 _program = _ProgramLinks()

@@ -7,18 +7,38 @@ from concurrent.futures import FIRST_COMPLETED, InvalidStateError, wait
 from typing import Any, Final
 
 from ._errors import TaskTimeoutError
+from ._spec import ShutdownTimeout
 from ._task import OnTimeout, Reply, Task
 
-__all__ = ["await_many", "yield_many"]
+__all__ = ["await_many", "stop_tasks", "yield_many"]
 
-_STOP_WAIT: Final = 10.0  # seconds to wait for stopped tasks' processes to be gone
+_STOP_WAIT: Final = 10.0  # seconds beyond the longest grace for stopped processes to go
 _ON_TIMEOUT: Final = ("nothing", "ignore", "kill_task")
 
 
-def _stop(tasks: list[Task[Any]], error: BaseException | None = None) -> None:
+def stop_tasks(
+    tasks: list[Task[Any]],
+    grace: ShutdownTimeout | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Stop ``tasks`` and wait until they have settled, for a bounded time.
+
+    Args:
+        tasks: The tasks to stop.
+        grace: The stop's grace for every task (default: each task's own
+            ``shutdown`` option).
+        error: Fail them with this instead of cancelling them.
+    """
+    longest = 0.0
     for task in tasks:
-        task._owner.kill(task, False, "brutal_kill", error)
-    wait(tasks, timeout=_STOP_WAIT)
+        seconds = grace if grace is not None else task.options.shutdown
+        longest = max(longest, 0.0 if seconds == "brutal_kill" else seconds)
+        task._owner.kill(task, False, grace, error)
+    wait(tasks, timeout=longest + _STOP_WAIT)
+
+
+def _stop(tasks: list[Task[Any]], error: BaseException | None = None) -> None:
+    stop_tasks(tasks, "brutal_kill", error)
 
 
 def _failed(task: Task[Any]) -> bool:

@@ -145,11 +145,6 @@ class Monitor:
         """The pool's state."""
         return self._state
 
-    @property
-    def thread(self) -> threading.Thread:
-        """The monitor thread (to avoid blocking on it from itself)."""
-        return self._thread
-
     def new_task(
         self,
         fn: Callable[..., object] | str,

@@ -18,12 +18,13 @@ from ._errors import TaskTimeoutError
 from ._spec import TaskOptions, check_positive_int, check_seconds
 from ._task import Reply, Task
 
-__all__ = ["StreamSpec", "async_stream"]
+__all__ = ["StreamSpec", "Submit", "async_stream"]
 
 Submit = Callable[
     [Callable[..., object] | str, tuple[object, ...], dict[str, object], TaskOptions | None],
     Task[Any],
 ]
+"""How a group, a stream or a supervisor starts one task: (fn, args, kwargs, options)."""
 _ON_TIMEOUT: Final = ("exit", "kill_task")
 
 

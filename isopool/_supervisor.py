@@ -17,12 +17,13 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, ClassVar, Final, Literal, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 
 from ._errors import MaxChildrenError, PoolClosedError, RestartLimitError
 from ._group import link_task
+from ._many import stop_tasks
 from ._policy import RestartIntensity
 from ._pool import Pool
 from ._spec import TaskOptions, check_positive_int
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_STOP_WAIT: Final = 10.0  # seconds beyond the longest grace to wait for children to go
 _ids = itertools.count(1)
 
 
@@ -404,12 +404,7 @@ class TaskSupervisor(_Starting):
         ).start()
 
     def _stop_children(self, children: list[Task[Any]], error: BaseException | None) -> None:
-        longest = 0.0
-        for task in children:
-            grace = task.options.shutdown
-            longest = max(longest, 0.0 if grace == "brutal_kill" else grace)
-            task._owner.kill(task, False, None, error)
-        wait(children, timeout=longest + _STOP_WAIT)
+        stop_tasks(children, None, error)
 
     def _unregister(self) -> None:
         with TaskSupervisor._registry_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import isopool
+from isopool import _pool as pool_module
 
 
 def descendants(root: int | None = None) -> set[int]:
@@ -71,6 +73,31 @@ def no_orphans() -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     pytest.fail(f"processes left behind by the test: {sorted(leaked)}")
+
+
+@pytest.fixture
+def fresh_default_pool() -> Iterator[None]:
+    """Terminate the default pool after the test, before no_orphans looks for leaks.
+
+    Use it with ``pytest.mark.usefixtures``: set up after the autouse no_orphans, it
+    is torn down before it. A killed task's worker is replaced by a new process, so
+    a default pool kept across tests would look like a leak.
+    """
+    yield
+    default = pool_module._default_pool
+    if default is not None:
+        default.terminate()
+    # Finalize this test's tasks now, in the main thread: a Task's __del__ may log a
+    # traceback, and formatting one in another thread while pytest parses source can
+    # hit CPython 3.11's thread-unsafe AST recursion counter (gh-106905).
+    gc.collect()
+
+
+def started(task: isopool.Task, timeout: float = 10.0) -> int:
+    """Wait until ``task`` runs in a worker; return that worker's pid."""
+    assert wait_for(lambda: task.pid is not None, timeout=timeout), f"{task!r} never started"
+    assert task.pid is not None
+    return task.pid
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ its group. ``Task.async_``/``Task.start_link`` called in the block join the grou
 
 from __future__ import annotations
 
-import gc
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,13 @@ import pytest
 
 import isopool
 from isopool import Reply, Task, TaskGroup
-from isopool import _pool as pool_module
 from tests import _tasks
-from tests.conftest import pid_alive, wait_for
+from tests.conftest import pid_alive, started, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def fresh_default_pool() -> Iterator[None]:
-    """Terminate the default pool after each test, before no_orphans looks for leaks."""
-    yield
-    default = pool_module._default_pool
-    if default is not None:
-        default.terminate()
-    # Finalize this test's tasks now, in the main thread: a Task's __del__ may log a
-    # traceback, and formatting one in another thread while pytest parses source can
-    # hit CPython 3.11's thread-unsafe AST recursion counter (gh-106905).
-    gc.collect()
-
-
-def started(task: Task, timeout: float = 10.0) -> int:
-    """Wait until ``task`` runs in a worker; return that worker's pid."""
-    assert wait_for(lambda: task.pid is not None, timeout=timeout), f"{task!r} never started"
-    assert task.pid is not None
-    return task.pid
+pytestmark = pytest.mark.usefixtures("fresh_default_pool")
 
 
 def in_group(body: Callable[[TaskGroup], object], **kwargs: Any) -> None:

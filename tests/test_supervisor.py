@@ -9,7 +9,6 @@ tests them with a fake clock and a seeded random source, the way the supervisor 
 from __future__ import annotations
 
 import functools
-import gc
 import itertools
 import logging
 import random
@@ -19,25 +18,14 @@ import pytest
 
 import isopool
 from isopool import Reply, Task, TaskGroup, TaskSupervisor
-from isopool import _pool as pool_module
 from isopool._policy import MAX_BACKOFF, RestartIntensity, backoff_delay
 from tests import _tasks
-from tests.conftest import pid_alive, wait_for
+from tests.conftest import pid_alive, started, wait_for
 
 _names = itertools.count(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_default_pool() -> Iterator[None]:
-    """Terminate the default pool if a test used it, before no_orphans looks for leaks."""
-    yield
-    default = pool_module._default_pool
-    if default is not None:
-        default.terminate()
-    # Finalize this test's tasks now, in the main thread: a Task's __del__ may log a
-    # traceback, and formatting one in another thread while pytest parses source can
-    # hit CPython 3.11's thread-unsafe AST recursion counter (gh-106905).
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("fresh_default_pool")
 
 
 @pytest.fixture
@@ -53,13 +41,6 @@ def sup() -> Iterator[TaskSupervisor]:
 def unique(prefix: str = "sup") -> str:
     """A supervisor name no other test uses (the registry is per process)."""
     return f"{prefix}-{next(_names)}"
-
-
-def started(task: Task, timeout: float = 10.0) -> int:
-    """Wait until ``task`` runs in a worker; return that worker's pid."""
-    assert wait_for(lambda: task.pid is not None, timeout=timeout), f"{task!r} never started"
-    assert task.pid is not None
-    return task.pid
 
 
 # -- names ---------------------------------------------------------------------------------
