@@ -7,7 +7,8 @@
     │   ├── TaskCrashError        its worker died; .pid, .exitcode, .signal;
     │   │                         also concurrent.futures.process.BrokenProcessPool
     │   ├── TaskTimeoutError      also TimeoutError; the task was stopped, not left running
-    │   ├── SerializationError    a call or result could not be (un)pickled; .side, .what
+    │   ├── SerializationError    a call or result could not be (un)pickled; .side, .what;
+    │   │                         also the stdlib's own error for that step (see below)
     │   └── RestartLimitError     max_restarts within max_seconds exceeded;
     │                             __cause__ is the last failure
     ├── PoolClosedError           also RuntimeError; used after *you* shut it down
@@ -30,10 +31,24 @@ hangs or sends a bad payload fails that task alone and never breaks the pool.
 
 Every exception here pickles with its attributes intact, so it can cross a process
 boundary (a worker, a remote node) and still be caught by type.
+
+**SerializationError is also what ProcessPoolExecutor raises there.** Code written for the
+stdlib catches ``pickle.PicklingError``, ``TypeError`` ("cannot pickle '_thread.lock'
+object"), ``AttributeError`` ... from a future, and ``BrokenProcessPool`` where the stdlib's
+pool breaks (a call that fails to unpickle in the worker, a result that fails to unpickle in
+the parent). ``serialization_error`` therefore builds the error from a class that subclasses
+both ``SerializationError`` and the error that actually happened (and ``BrokenProcessPool``
+for those two steps, although here only that task failed): one ``except`` clause of
+either vocabulary catches it, and the message still says which side and which step failed.
+A mixed class is made once per (error type, broken) pair and pickles by naming its parts.
+Types that cannot be mixed in (a ``BaseException`` that is not an ``Exception`` such as
+``SystemExit`` or ``KeyboardInterrupt``, a class whose constructor needs other arguments)
+are left out; the original error is always the ``__cause__``.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
@@ -52,6 +67,7 @@ __all__ = [
     "TaskError",
     "TaskTimeoutError",
     "UnknownSupervisorError",
+    "serialization_error",
 ]
 
 
@@ -167,6 +183,76 @@ class SerializationError(TaskError):
         self.what = what
         self.type_name = type_name
         self.remote_traceback = remote_traceback
+
+    _parts: tuple[type[BaseException] | None, bool] = (None, False)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # A mixed class is not importable by name: rebuild it from its parts.
+        return (_rebuild_serialization, (self._parts, self.args, self.__dict__))
+
+
+_mixed_lock = threading.Lock()
+_mixed: dict[tuple[type[BaseException] | None, bool], type[SerializationError]] = {}
+
+
+def serialization_error(
+    message: str,
+    *,
+    cause_type: type[BaseException] | None,
+    broken: bool = False,
+    **attributes: object,
+) -> SerializationError:
+    """Build a SerializationError that is also an instance of ``cause_type``.
+
+    Args:
+        message: The error's text.
+        cause_type: The type of the error that the (un)pickling raised; mixed in
+            when it is an ``Exception`` whose constructor takes one message.
+        broken: Also mix in ``BrokenProcessPool``, for the steps where the stdlib's
+            pool breaks (call unpickle in the worker, result unpickle in the parent).
+        **attributes: SerializationError's keyword arguments (task_id, side, ...).
+    """
+    cls = _mixed_class(cause_type, broken)
+    return cls(message, **attributes)  # type: ignore[arg-type]  # SerializationError's keywords
+
+
+def _mixed_class(cause_type: type[BaseException] | None, broken: bool) -> type[SerializationError]:
+    if cause_type is not None and (
+        not issubclass(cause_type, Exception) or issubclass(cause_type, SerializationError)
+    ):
+        cause_type = None
+    key = (cause_type, broken)
+    with _mixed_lock:
+        cls = _mixed.get(key)
+        if cls is None:
+            cls = _mixed[key] = _make_mixed(cause_type, broken)
+    return cls
+
+
+def _make_mixed(cause_type: type[BaseException] | None, broken: bool) -> type[SerializationError]:
+    bases: tuple[type, ...] = (SerializationError,)
+    if broken:
+        bases += (BrokenProcessPool,)
+    if cause_type is not None:
+        bases += (cause_type,)
+    if len(bases) == 1:
+        return SerializationError
+    try:
+        cls = type(
+            "SerializationError", bases, {"__module__": "isopool", "_parts": (cause_type, broken)}
+        )
+        cls("probe")  # a constructor that wants other arguments cannot be mixed in
+    except Exception:
+        return _make_mixed(None, broken) if cause_type is not None else SerializationError
+    return cls
+
+
+def _rebuild_serialization(
+    parts: tuple[type[BaseException] | None, bool],
+    args: tuple[object, ...],
+    state: dict[str, object],
+) -> BaseException:
+    return _rebuild(_mixed_class(*parts), args, state)
 
 
 class RestartLimitError(TaskError):

@@ -64,6 +64,7 @@ from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import ForkServer, decode_exit, signal_group
 from ._queue import DelayedQueue, PendingQueue
+from ._resolver import Resolver
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
 
@@ -125,6 +126,7 @@ class Monitor:
         self._server: ForkServer | None = None
         self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
         self._broken_cause: BaseException | None = None
+        self._resolver = Resolver(name)  # runs callbacks and crash logs: user code
         self._epoll = select.epoll()
         self._fds: dict[int, tuple[int, WorkerHandle | None]] = {}
         self._wake_r, self._wake_w = os.pipe()
@@ -267,6 +269,7 @@ class Monitor:
         resolve(out)
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
+            self._resolver.join()
 
     def terminate(self, timeout: float | None = None) -> None:
         """Stop everything now: cancel queued tasks, stop running ones, then close.
@@ -286,7 +289,9 @@ class Monitor:
         self._wake()
         resolve(out)
         if threading.current_thread() is not self._thread:
+            deadline = None if timeout is None else time.monotonic() + timeout
             self._thread.join(timeout)
+            self._resolver.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> dict[str, int]:
         """Return counters: workers, pending, running, and totals since start."""
@@ -474,7 +479,7 @@ class Monitor:
             done = self._close_if_idle_locked(now)
             restart_server = self._server is None and not done
             self._sleep_until = min(self._next_deadline_locked(), now + _HEARTBEAT)
-        resolve(out)
+        resolve(out, self._resolver.defer)
         if restart_server:
             self._start_server()
         return not done
@@ -840,7 +845,7 @@ class Monitor:
                 if worker.pid is not None:
                     signal_group(worker.pid, signal.SIGKILL)
                 self._forget_locked(worker)
-        resolve(out)
+        resolve(out, self._resolver.defer)
 
     def _close_resources(self) -> None:
         with self._lock:
@@ -852,6 +857,7 @@ class Monitor:
         if server is not None:
             server.close(timeout=5.0)
         self._epoll.close()
+        self._resolver.close()
         # The wake-up pipe stays open until the Monitor is collected: another thread
         # may still call _wake(), and a closed fd number could be reused by a file.
 

@@ -1,15 +1,21 @@
 """How one run of a task ended, and how that outcome settles the task's future.
 
-The monitor decides *what* happened under its lock (cheaply: no unpickling); this
-module turns an outcome into a value or an exception and resolves the future, outside
-the lock, because unpickling may run user code and ``set_result`` runs callbacks.
+The monitor decides *what* happened under its lock (cheaply: no unpickling). ``resolve``
+then finishes each future without running any user code either: the future becomes
+done at once (waiters wake, ``wait`` and ``as_completed`` see it), but its value is
+unpickled only when someone asks for it (``result()``, ``exception()``, a done-callback),
+in that caller's thread. So a result whose unpickling takes 5 s, sleeps or raises
+``KeyboardInterrupt`` delays nobody else, and the monitor thread, which enforces every
+time-out, never runs user code. Done-callbacks and crash logs (which run the user's
+logging handlers) go to the pool's resolver thread through ``defer``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
-from concurrent.futures import InvalidStateError
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +25,7 @@ from ._errors import (
     SerializationError,
     TaskCrashError,
     TaskTimeoutError,
+    serialization_error,
 )
 from ._wire import Payload
 
@@ -27,7 +34,10 @@ if TYPE_CHECKING:
     from ._process import ExitInfo
     from ._task import Task
 
-__all__ = ["Outcome", "resolve"]
+__all__ = ["Defer", "Outcome", "resolve"]
+
+Defer = Callable[[Callable[[], object]], None]
+"""Runs a callable later on another thread (the pool's resolver)."""
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +172,29 @@ class Outcome:
 
     @staticmethod
     def describe_init_failure(payload: Payload) -> str:
-        """The message for a worker whose initializer raised."""
-        type_name, message, tb = pickle.loads(payload)
+        """The message for a worker whose initializer raised (a JSON report)."""
+        try:
+            type_name, message, tb = json.loads(bytes(payload))
+        except (ValueError, TypeError):
+            return "worker initializer failed (its report was malformed)"
         return f"worker initializer raised {type_name}: {message}\n{tb}"
 
     # -- settling the future (outside the monitor's lock) -----------------------
+
+    def settle(self) -> tuple[object, BaseException | None]:
+        """The task's (value, exception); may run user code (unpickling).
+
+        Called once per outcome, by whoever first asks for the task's value.
+        """
+        task = self.task
+        if task._raw and self.kind in ("ok", "raised", "shutdown"):
+            return (self.kind, self.data), None  # stays pickled: it goes back to Redis
+        if self.kind == "ok":
+            try:
+                return pickle.loads(self.data), None
+            except BaseException as exc:  # user code ran in __reduce__ or __setstate__
+                return None, _parent_error(task, "result unpickle", exc, broken=True)
+        return None, self.to_exception()
 
     def to_exception(self) -> BaseException | None:
         """The exception this outcome fails the task with; None for a value."""
@@ -175,22 +203,12 @@ class Outcome:
         if kind in ("raised", "shutdown"):
             try:
                 return _wire.loads_exception(self.data)
-            except (Exception, SystemExit) as exc:  # user code ran in __reduce__
-                return _serialization_error(task, "parent", "exception unpickle", exc)
+            except BaseException as exc:  # user code ran in __reduce__
+                return _parent_error(task, "exception unpickle", exc, broken=True)
         if kind == "bad_payload":
-            what, type_name, message, tb = pickle.loads(self.data)
-            return SerializationError(
-                f"task {task.id} ({task.name}): {what} failed in the worker: "
-                f"{type_name}: {message}",
-                task_id=task.id,
-                task_name=task.name,
-                side="worker",
-                what=what,
-                type_name=type_name,
-                remote_traceback=tb,
-            )
+            return _worker_error(task, self.data)
         if kind == "bad_call":
-            return _serialization_error(task, "parent", "call pickle", self.data)
+            return _parent_error(task, "call pickle", self.data, broken=False)
         if kind == "crashed":
             return _crash_error(task, *self.data)
         if kind == "timed_out":
@@ -210,19 +228,70 @@ class Outcome:
         return None
 
 
-def _serialization_error(
-    task: Task[Any], side: str, what: str, exc: BaseException
+def _parent_error(
+    task: Task[Any], what: str, exc: BaseException, *, broken: bool
 ) -> SerializationError:
-    error = SerializationError(
-        f"task {task.id} ({task.name}): {what} failed in the {side}: {type(exc).__name__}: {exc}",
+    """``what`` failed in the parent with ``exc``; the error is also ``type(exc)``.
+
+    ``broken``: the stdlib's pool breaks at this step, so BrokenProcessPool is mixed in.
+    """
+    error = serialization_error(
+        f"task {task.id} ({task.name}): {what} failed in the parent: "
+        f"{type(exc).__name__}: {_safe_str(exc)}",
+        cause_type=type(exc),
+        broken=broken,
         task_id=task.id,
         task_name=task.name,
-        side=side,
+        side="parent",
         what=what,
         type_name=_wire.qualified_name(type(exc)),
     )
     error.__cause__ = exc
     return error
+
+
+# The steps of the worker after which the stdlib's worker dies, breaking its pool.
+_BREAKS_STDLIB_POOL = frozenset({"call unpickle"})
+
+
+def _worker_error(task: Task[Any], payload: Payload) -> SerializationError:
+    """The worker's JSON report of a failed (un)pickling step, as an error."""
+    try:
+        info = json.loads(bytes(payload))
+        what = str(info["what"])
+        cause = _wire.find_type(str(info["error_module"]), str(info["error_qualname"]))
+        error_text, type_name = str(info["error"]), str(info["type_name"])
+        message, tb = str(info["message"]), str(info["traceback"])
+    except (ValueError, TypeError, KeyError):
+        what, cause, error_text, type_name, message, tb = "report", None, "", "?", "", ""
+    if what == "exception pickle":
+        detail = (
+            f"the task raised {type_name}: {message}, which could not be pickled "
+            f"({info['error_qualname']}: {error_text})"
+        )
+    else:
+        detail = f"{type_name}: {message}"
+    error = serialization_error(
+        f"task {task.id} ({task.name}): {what} failed in the worker: {detail}",
+        cause_type=cause,
+        broken=what in _BREAKS_STDLIB_POOL,
+        task_id=task.id,
+        task_name=task.name,
+        side="worker",
+        what=what,
+        type_name=type_name,
+        remote_traceback=tb,
+    )
+    if tb:
+        _wire.attach_traceback(error, tb)
+    return error
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 def _crash_error(task: Task[Any], pid: int | None, info: ExitInfo) -> TaskCrashError:
@@ -271,33 +340,36 @@ def _restart_limit_error(task: Task[Any], last: Outcome) -> RestartLimitError:
     return error
 
 
-def resolve(outcomes: list[Outcome]) -> None:
-    """Settle each outcome's future; log crashes and time-outs at WARNING."""
+def resolve(outcomes: list[Outcome], defer: Defer | None = None) -> None:
+    """Finish each outcome's future; log crashes and time-outs at WARNING.
+
+    Runs no user code itself when ``defer`` is given (the monitor thread): values are
+    unpickled lazily, and callbacks and log records are handed to ``defer``. Without
+    it (a caller's thread), callbacks run inline, as the stdlib's do.
+    """
     for outcome in outcomes:
         task = outcome.task
         if outcome.kind == "cancelled":
-            task._force_cancel()
+            task._force_cancel(defer)
             continue
-        if task._raw and outcome.kind in ("ok", "raised", "shutdown"):
-            _settle(task, (outcome.kind, outcome.data), None)
-            continue
-        value: object = None
-        exc = outcome.to_exception()
-        if outcome.kind == "ok":
-            try:
-                value = pickle.loads(outcome.data)
-            except (Exception, SystemExit) as error:  # user code ran in __reduce__
-                exc = _serialization_error(task, "parent", "result unpickle", error)
         if outcome.kind in ("crashed", "timed_out"):
-            log.warning("%s%s", f"{task._label}: " if task._label else "", exc)
-        _settle(task, value, exc)
+            exc = outcome.to_exception()  # built from our own data: no user code
+            if exc is not None:
+                _log_later(defer, f"{task._label}: " if task._label else "", exc)
+            task._finish(_fixed(exc), True, defer)
+            continue
+        task._finish(outcome.settle, outcome.kind != "ok", defer)
 
 
-def _settle(task: Task[Any], value: object, exc: BaseException | None) -> None:
-    try:
-        if exc is None:
-            task.set_result(value)
-        else:
-            task.set_exception(exc)
-    except InvalidStateError:
-        pass  # cancelled meanwhile; nothing is waiting for this outcome
+def _fixed(exc: BaseException | None) -> Callable[[], tuple[object, BaseException | None]]:
+    return lambda: (None, exc)
+
+
+def _log_later(defer: Defer | None, prefix: str, exc: BaseException) -> None:
+    def emit() -> None:
+        log.warning("%s%s", prefix, exc)
+
+    if defer is None:
+        emit()
+    else:
+        defer(emit)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
@@ -35,11 +36,18 @@ from ._errors import TaskTimeoutError
 from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown
 
 if TYPE_CHECKING:
+    from ._outcome import Defer
     from ._policy import RestartIntensity
 
 __all__ = ["Reply", "Task", "describe"]
 
 log = logging.getLogger(__name__)
+# Done-callback failures go where the stdlib's go, so code that watches them keeps working.
+_callback_log = logging.getLogger("concurrent.futures")
+_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+
+Settle = Callable[[], tuple[object, BaseException | None]]
+"""Computes a finished task's (value, exception); may run user code (unpickling)."""
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -170,6 +178,8 @@ class Task(Future[R], Generic[R]):
     _program_linked: bool  # linked to the program: an unretrieved failure is logged
     _retrieved: bool  # someone looked at the outcome (result, exception, yield_...)
     _raw: bool  # the outcome stays pickled (the shared queue's tasks)
+    _settle: Settle | None  # the outcome, not yet unpickled (see _outcome)
+    _settle_lock: threading.Lock | None
 
     def __init__(self) -> None:
         raise TypeError(
@@ -214,6 +224,8 @@ class Task(Future[R], Generic[R]):
         self._program_linked = False
         self._retrieved = False
         self._raw = False
+        self._settle = None
+        self._settle_lock = None
         return self
 
     def __repr__(self) -> str:
@@ -254,18 +266,38 @@ class Task(Future[R], Generic[R]):
     def result(self, timeout: float | None = None) -> R:
         """As ``Future.result``: the task's return value, or raise its exception."""
         self._retrieved = True
-        return super().result(timeout)
+        if self._settle is None and self._state == FINISHED:
+            return super().result(0)  # the fast path: already settled
+        super().exception(timeout)  # waits; raises CancelledError or TimeoutError
+        self._settle_now()
+        return super().result(0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``Future.exception``: the task's exception, or None."""
         self._retrieved = True
-        return super().exception(timeout)
+        super().exception(timeout)
+        self._settle_now()
+        return super().exception(0)
+
+    def _settle_now(self) -> None:
+        """Unpickle the outcome once, in the thread that first asks for it."""
+        settle, lock = self._settle, self._settle_lock
+        if settle is None or lock is None:
+            return
+        with lock:
+            if self._settle is None:
+                return  # another thread settled it meanwhile
+            value, exc = settle()
+            self._result = value  # type: ignore[assignment]  # settle returns this task's R
+            self._exception = exc
+            self._settle = None
 
     def __del__(self) -> None:
         # A linked task's failure must never be silently lost (as asyncio's "Task
         # exception was never retrieved"): log it when nobody looked at it.
         try:
             if self._program_linked and not self._retrieved and self._state == FINISHED:
+                self._settle_now()
                 exc = self._exception
                 if exc is not None and not isinstance(exc, ShutdownExit):
                     log.error(
@@ -274,7 +306,7 @@ class Task(Future[R], Generic[R]):
                         self.name,
                         describe(exc),
                     )
-        except Exception:
+        except BaseException:
             pass
 
     # -- Elixir's Task, per task -----------------------------------------------
@@ -374,11 +406,19 @@ class Task(Future[R], Generic[R]):
 
     @property
     def exited_normally(self) -> bool:
-        """Whether it returned or raised ``isopool.Shutdown`` (OTP's normal exits)."""
+        """Whether it exited normally, in OTP's sense.
+
+        Normal: it returned, raised ``isopool.Shutdown``, or raised ``SystemExit`` with
+        code 0 or None (``sys.exit()``); any other exception, crash or time-out is not.
+        """
         if not self.done() or self.cancelled():
             return False
         exc = self.exception(0)
-        return exc is None or isinstance(exc, ShutdownExit)
+        return (
+            exc is None
+            or isinstance(exc, ShutdownExit)
+            or (isinstance(exc, SystemExit) and exc.code in (0, None))
+        )
 
     # -- Elixir's Task, class-level (on the default pool) ------------------------
 
@@ -507,7 +547,30 @@ class Task(Future[R], Generic[R]):
 
     # -- called by the monitor, outside its lock -------------------------------
 
-    def _force_cancel(self) -> bool:
+    def _finish(self, settle: Settle, is_error: bool, defer: Defer | None) -> bool:
+        """Mark the task done with a lazily unpickled outcome; False if already done.
+
+        Waiters wake now; ``settle`` runs when the value is first asked for. Nothing
+        here runs user code: the done-callbacks go to ``defer`` (inline without it).
+        ``is_error`` tells ``wait(return_when=FIRST_EXCEPTION)`` what to expect; a
+        result that later fails to unpickle is the one case it guesses wrong.
+        """
+        with self._condition:
+            if self._state in _DONE:
+                return False
+            self._settle = settle
+            self._settle_lock = threading.Lock()
+            self._state = FINISHED
+            for waiter in self._waiters:
+                if is_error:
+                    waiter.add_exception(self)
+                else:
+                    waiter.add_result(self)
+            self._condition.notify_all()
+        self._run_callbacks(defer)
+        return True
+
+    def _force_cancel(self, defer: Defer | None = None) -> bool:
         """Mark the task cancelled even if it was running (it has been stopped)."""
         with self._condition:
             if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
@@ -518,8 +581,26 @@ class Task(Future[R], Generic[R]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
         if not already_cancelled:
-            self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's own helper
+            self._run_callbacks(defer)
         return True
+
+    def _run_callbacks(self, defer: Defer | None) -> None:
+        if not self._done_callbacks:  # type: ignore[attr-defined]  # Future's own list
+            return
+        if defer is None:
+            self._invoke_callbacks()
+        else:
+            defer(self._invoke_callbacks)
+
+    def _invoke_callbacks(self) -> None:
+        # As Future's, but a callback that raises a BaseException (KeyboardInterrupt,
+        # SystemExit) is logged too: it must not kill the thread that runs callbacks
+        # nor skip the callbacks after it.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]  # Future's own list
+            try:
+                callback(self)
+            except BaseException:
+                _callback_log.exception("exception calling callback for %r", self)
 
     def _wait_stopped(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""

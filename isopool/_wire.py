@@ -19,11 +19,14 @@ This module knows nothing of sockets, pipes or processes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 import struct
+import sys
 import traceback
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "BAD_PAYLOAD",
@@ -38,9 +41,11 @@ __all__ = [
     "FrameReader",
     "Payload",
     "RemoteTraceback",
+    "attach_traceback",
     "dumps",
     "dumps_call",
     "dumps_exception",
+    "find_type",
     "loads_exception",
     "pack_header",
 ]
@@ -52,8 +57,8 @@ MAX_PAYLOAD: Final = 2**32 - 1  # the length field is 4 bytes
 CALL: Final = 1  # parent -> worker: (fn, args, kwargs, memory_limit)
 RESULT: Final = 2  # worker -> parent: the return value
 ERROR: Final = 3  # worker -> parent: (exception, traceback text)
-BAD_PAYLOAD: Final = 4  # worker -> parent: (what, type name, message, traceback text)
-INIT_FAILED: Final = 5  # worker -> parent: the initializer raised; (type, message, tb)
+BAD_PAYLOAD: Final = 4  # worker -> parent: JSON {what, error type, ...}; never a pickle
+INIT_FAILED: Final = 5  # worker -> parent: the initializer raised; JSON [type, message, tb]
 SHUTDOWN: Final = 6  # worker -> parent: the task raised isopool.Shutdown (a normal exit)
 _KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN})
 
@@ -217,22 +222,106 @@ def format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def dumps_exception(exc: BaseException) -> bytes | None:
-    """Pickle a task's exception with its traceback text; None if it cannot be pickled."""
-    tb = format_exception(exc)
+class _ExceptionPickler(pickle.Pickler):
+    """Pickles exceptions so that they unpickle even when ``__setstate__`` would fail.
+
+    ``BaseException.__reduce__`` rebuilds an exception with ``cls(*args)`` and then
+    ``setattr`` for each attribute, which a frozen dataclass exception refuses and a
+    constructor with keyword-only arguments cannot take: the stdlib's pool breaks on
+    such an exception. ``_rebuild_exception`` falls back to what always works.
+    """
+
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
+            return (_rebuild_exception, (type(obj), obj.args, obj.__dict__ or None))
+        return NotImplemented
+
+
+def _rebuild_exception(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object] | None
+) -> BaseException:
     try:
-        return dumps((exc, tb))
-    except Exception:
-        return None
+        exc = cls(*args)
+    except Exception:  # a constructor that wants other arguments than its args
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+    for name, value in (state or {}).items():
+        try:
+            setattr(exc, name, value)
+        except Exception:  # a frozen dataclass: set it the way its __init__ does
+            object.__setattr__(exc, name, value)
+    return exc
 
 
-def loads_exception(payload: bytes) -> BaseException:
-    """Unpickle a task's exception and chain the worker's traceback as ``__cause__``."""
+def dumps_exception(exc: BaseException) -> tuple[bytes, BaseException | None]:
+    """Pickle a task's exception with its traceback text.
+
+    Returns:
+        ``(payload, None)``, or ``(b"", error)`` with what pickling raised (any
+        BaseException: a ``__reduce__`` may raise SystemExit or KeyboardInterrupt).
+    """
+    try:
+        tb = format_exception(exc)
+    except BaseException:
+        tb = f"{qualified_name(type(exc))} (its traceback could not be formatted)"
+    try:
+        buffer = io.BytesIO()
+        _ExceptionPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((exc, tb))
+        data = buffer.getvalue()
+        if _MAIN_REF not in data:
+            return data, None
+    except BaseException:
+        pass
+    try:
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)), None
+    except BaseException as failure:
+        return b"", failure
+
+
+def loads_exception(payload: Payload) -> BaseException:
+    """Unpickle a task's exception and attach the worker's traceback.
+
+    The traceback is chained as ``__cause__``, the stdlib's remote-traceback trick; an
+    exception that refuses attributes (a frozen dataclass) gets it through
+    ``object.__setattr__``, and failing that as a note: it always comes back as itself.
+    """
     exc, tb = pickle.loads(payload)
     if not isinstance(exc, BaseException):
         raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    exc.__cause__ = RemoteTraceback(tb)
+    attach_traceback(exc, tb)
     return exc
+
+
+def attach_traceback(exc: BaseException, tb: str) -> None:
+    """Chain ``RemoteTraceback(tb)`` to ``exc`` as its cause, or else as a note."""
+    remote = RemoteTraceback(tb)
+    for setter in (setattr, object.__setattr__):
+        try:
+            setter(exc, "__cause__", remote)
+            return
+        except Exception:
+            pass
+    note = f"isopool: the task's traceback in the worker:\n{tb}"
+    try:
+        exc.add_note(note)
+    except Exception:
+        with contextlib.suppress(Exception):
+            object.__setattr__(exc, "__notes__", [*getattr(exc, "__notes__", ()), note])
+
+
+def find_type(module: str, qualname: str) -> type[BaseException] | None:
+    """The exception class ``module.qualname`` if that module is already imported.
+
+    Never imports: the names come from a worker, which runs untrusted code.
+    """
+    obj: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
 
 
 def qualified_name(cls: type) -> str:

@@ -9,10 +9,12 @@ never to the result pipe, so they cannot corrupt the channel.
 What the worker does with each failure, so that the parent can pin it on one task:
 
 - the call does not unpickle, or the result/exception does not pickle: a
-  BAD_PAYLOAD frame saying which step failed;
-- the task raises: an ERROR frame with the exception and its traceback text;
-- the task (or a payload's ``__reduce__``) raises SystemExit: the worker exits with
-  that code, which the parent reports as a crash of that task;
+  BAD_PAYLOAD frame (JSON, never a pickle) saying which step failed and with what;
+- the task raises (``SystemExit`` too, as in ``ProcessPoolExecutor``): an ERROR frame
+  with the exception and its traceback text; ``isopool.Shutdown`` and
+  ``SystemExit(0)``/``SystemExit(None)`` go in a SHUTDOWN frame (a normal exit);
+- a ``SystemExit`` while pickling the result or the exception is sent as the task's
+  exception, again as the stdlib does; the worker lives on in every case above;
 - a segfault, ``os._exit`` or a signal: the worker just dies; the parent sees it.
 
 Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names): worker start-up is a
@@ -21,6 +23,7 @@ benchmark figure, and the fork server has imported all of this already.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import resource
@@ -80,18 +83,19 @@ def _run_initializer(result_fd: int, payload: bytes) -> None:
     except SystemExit:
         raise
     except BaseException as exc:
-        info = (_wire.qualified_name(type(exc)), str(exc), _wire.format_exception(exc))
-        _send(result_fd, _wire.INIT_FAILED, 0, pickle.dumps(info))
+        info = [_wire.qualified_name(type(exc)), _safe_str(exc), _wire.format_exception(exc)]
+        _send(result_fd, _wire.INIT_FAILED, 0, json.dumps(info).encode())
         _exit(3)
 
 
 def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
+    # Every handler catches BaseException: a KeyboardInterrupt or SystemExit raised by
+    # a payload's __reduce__ fails that task, and the worker lives on (the stdlib's
+    # worker would die and break its pool).
     try:
         fn, args, kwargs, memory_limit = pickle.loads(payload)
         if isinstance(fn, str):
             fn = _resolve(fn)
-    except SystemExit:
-        raise
     except BaseException as exc:
         _send_bad_payload(result_fd, task_id, "call unpickle", exc)
         return
@@ -99,8 +103,6 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
         _set_memory_limit(memory_limit)
     try:
         value = fn(*args, **kwargs)
-    except SystemExit:
-        raise
     except BaseException as exc:
         if memory_limit is not None and isinstance(exc, MemoryError):
             exc.add_note(f"isopool: the task hit its memory_limit of {memory_limit} bytes")
@@ -108,8 +110,8 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     else:
         try:
             data = _wire.dumps(value)
-        except SystemExit:
-            raise
+        except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
+            _send_exception(result_fd, task_id, exc)
         except BaseException as exc:
             _send_bad_payload(result_fd, task_id, "result pickle", exc)
         else:
@@ -147,13 +149,21 @@ def _set_memory_limit(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _send_exception(result_fd: int, task_id: int, exc: BaseException) -> None:
-    data = _wire.dumps_exception(exc)
-    if data is None:
-        _send_bad_payload(result_fd, task_id, "exception pickle", exc, original=exc)
+def _send_exception(result_fd: int, task_id: int, exc: BaseException, nested: bool = False) -> None:
+    data, failure = _wire.dumps_exception(exc)
+    if failure is None:
+        _send(result_fd, _exit_kind(exc), task_id, data)
+    elif isinstance(failure, SystemExit) and not nested:
+        _send_exception(result_fd, task_id, failure, True)  # as the stdlib: SystemExit wins
     else:
-        kind = _wire.SHUTDOWN if isinstance(exc, Shutdown) else _wire.ERROR
-        _send(result_fd, kind, task_id, data)
+        _send_bad_payload(result_fd, task_id, "exception pickle", failure, original=exc)
+
+
+def _exit_kind(exc: BaseException) -> int:
+    """SHUTDOWN for OTP's normal exits (Shutdown, SystemExit(0)), else ERROR."""
+    if isinstance(exc, Shutdown) or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        return _wire.SHUTDOWN
+    return _wire.ERROR
 
 
 def _send_bad_payload(
@@ -163,21 +173,34 @@ def _send_bad_payload(
     exc: BaseException,
     original: BaseException | None = None,
 ) -> None:
-    """Report that ``what`` failed; for "exception pickle" describe ``original``."""
+    """Report that ``what`` failed with ``exc``; for "exception pickle", of ``original``.
+
+    The report is JSON, so the parent reads it without running any code.
+    """
     described = original if original is not None else exc
-    info = (
-        what,
-        _wire.qualified_name(type(described)),
-        _safe_str(described),
-        _wire.format_exception(described),
-    )
-    _send(result_fd, _wire.BAD_PAYLOAD, task_id, pickle.dumps(info))
+    info = {
+        "what": what,
+        "error_module": getattr(type(exc), "__module__", ""),
+        "error_qualname": getattr(type(exc), "__qualname__", type(exc).__name__),
+        "error": _safe_str(exc),
+        "type_name": _wire.qualified_name(type(described)),
+        "message": _safe_str(described),
+        "traceback": _safe_traceback(exc if original is None else original),
+    }
+    _send(result_fd, _wire.BAD_PAYLOAD, task_id, json.dumps(info).encode())
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    try:
+        return _wire.format_exception(exc)
+    except BaseException:
+        return ""
 
 
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except BaseException:
         return f"<{type(exc).__name__} whose str() failed>"
 
 

@@ -33,12 +33,36 @@ def _hang():
     time.sleep(3600)
 
 
+def _interrupt():
+    raise KeyboardInterrupt("raised while (un)pickling")
+
+
+class CustomBaseError(BaseException):
+    """A BaseException that is not an Exception, as a hostile payload may raise."""
+
+
+def _raise_base():
+    raise CustomBaseError("raised while (un)pickling")
+
+
+def _generator_exit():
+    raise GeneratorExit
+
+
+def _slow():
+    time.sleep(3)
+
+
 ACTIONS = {
     "segfault": _segfault,
     "exit": _exit,
     "sys_exit": _sys_exit,
     "raise": _raise,
     "hang": _hang,
+    "interrupt": _interrupt,
+    "base": _raise_base,
+    "generator_exit": _generator_exit,
+    "slow": _slow,
 }
 
 
@@ -90,3 +114,12 @@ def return_act_at_unpickle(action):
 def take(obj):
     """A task that receives a payload object and returns its type name."""
     return type(obj).__name__
+
+
+class PicklingErrorAtPickle:
+    """Raises pickle.PicklingError when pickled, as the stdlib's ErrorAtPickle does."""
+
+    def __reduce__(self):
+        import pickle
+
+        raise pickle.PicklingError("refuses to be pickled")

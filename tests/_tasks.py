@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import subprocess
@@ -41,6 +42,10 @@ def sys_exit(code):
 
 def raise_value_error(message="boom"):
     raise ValueError(message)
+
+
+def raise_interrupt():
+    raise KeyboardInterrupt("from the task")
 
 
 def hang(seconds=3600.0):
@@ -273,3 +278,21 @@ def ready_then_wait_for_gate(ready, gate, timeout=60.0):
 def node_identity():
     """Return the node this worker belongs to (``ISOPOOL_NODE``) and this process's pid."""
     return os.environ.get("ISOPOOL_NODE"), os.getpid()
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen dataclass exception: setattr of anything, __cause__ too, raises."""
+
+    code: int
+
+
+def raise_frozen(code):
+    raise FrozenError(code)
+
+
+def count_then_exit(path, code):
+    """Append a line to ``path`` (one per run), then sys.exit(code)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    sys.exit(code)

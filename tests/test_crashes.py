@@ -16,6 +16,8 @@ import os
 import signal
 from pathlib import Path
 
+from concurrent.futures.process import BrokenProcessPool
+
 import pytest
 
 import isopool
@@ -24,22 +26,32 @@ from tests.conftest import wait_for
 
 HANG_TIMEOUT = 1.0
 
+# Where ProcessPoolExecutor raises a stdlib error, ours is still an instance of it.
+BROKEN = BrokenProcessPool
+SER = isopool.SerializationError
+
+
+def serialization(side, what, *also):
+    """The attributes, and the stdlib types, of a SerializationError row."""
+    return {"side": side, "what": what, "__also__": also}
+
+
 # id: (function, args, expected error type, extra attributes to check)
 CASES = {
     # call pickle in the parent
     "raise-at-call-pickle-in-parent": (
         _payloads.take,
         (_payloads.ActAtPickle("raise"),),
-        isopool.SerializationError,
-        {"side": "parent", "what": "call pickle"},
+        SER,
+        serialization("parent", "call pickle", ValueError),
     ),
     "sys-exit-at-call-pickle-in-parent": (
         _payloads.take,
         (_payloads.ActAtPickle("sys_exit"),),
-        isopool.SerializationError,
-        {"side": "parent", "what": "call pickle"},
+        SER,
+        serialization("parent", "call pickle"),
     ),
-    # call unpickle in the worker
+    # call unpickle in the worker: the stdlib's worker dies here, so BrokenProcessPool
     "segfault-at-call-unpickle-in-worker": (
         _payloads.take,
         (_payloads.ActAtUnpickle("segfault"),),
@@ -55,14 +67,20 @@ CASES = {
     "sys-exit-at-call-unpickle-in-worker": (
         _payloads.take,
         (_payloads.ActAtUnpickle("sys_exit"),),
-        isopool.TaskCrashError,
-        {"exitcode": 5},
+        SER,
+        serialization("worker", "call unpickle", BROKEN),
     ),
     "raise-at-call-unpickle-in-worker": (
         _payloads.take,
         (_payloads.ActAtUnpickle("raise"),),
-        isopool.SerializationError,
-        {"side": "worker", "what": "call unpickle"},
+        SER,
+        serialization("worker", "call unpickle", BROKEN, ValueError),
+    ),
+    "interrupt-at-call-unpickle-in-worker": (
+        _payloads.take,
+        (_payloads.ActAtUnpickle("interrupt"),),
+        SER,
+        serialization("worker", "call unpickle", BROKEN),
     ),
     "hang-at-call-unpickle-in-worker": (
         _payloads.take,
@@ -73,8 +91,9 @@ CASES = {
     # the run
     "segfault-at-run": (_tasks.segfault, (), isopool.TaskCrashError, {"signal": "SIGSEGV"}),
     "exit-at-run": (_tasks.exit_with, (3,), isopool.TaskCrashError, {"exitcode": 3}),
-    "sys-exit-at-run": (_tasks.sys_exit, (4,), isopool.TaskCrashError, {"exitcode": 4}),
+    "sys-exit-at-run": (_tasks.sys_exit, (4,), SystemExit, {"code": 4}),
     "raise-at-run": (_tasks.raise_value_error, ("boom",), ValueError, {}),
+    "interrupt-at-run": (_tasks.raise_interrupt, (), KeyboardInterrupt, {}),
     "hang-at-run": (_tasks.hang, (), isopool.TaskTimeoutError, {}),
     "busy-hang-at-run": (_tasks.busy_hang, (), isopool.TaskTimeoutError, {}),
     # result pickle in the worker
@@ -93,14 +112,20 @@ CASES = {
     "sys-exit-at-result-pickle-in-worker": (
         _payloads.return_act_at_pickle,
         ("sys_exit",),
-        isopool.TaskCrashError,
-        {"exitcode": 5},
+        SystemExit,
+        {"code": 5},
     ),
     "raise-at-result-pickle-in-worker": (
         _payloads.return_act_at_pickle,
         ("raise",),
-        isopool.SerializationError,
-        {"side": "worker", "what": "result pickle"},
+        SER,
+        serialization("worker", "result pickle", ValueError),
+    ),
+    "interrupt-at-result-pickle-in-worker": (
+        _payloads.return_act_at_pickle,
+        ("interrupt",),
+        SER,
+        serialization("worker", "result pickle"),
     ),
     "hang-at-result-pickle-in-worker": (
         _payloads.return_act_at_pickle,
@@ -108,18 +133,36 @@ CASES = {
         isopool.TaskTimeoutError,
         {},
     ),
-    # result unpickle in the parent
+    # result unpickle in the parent: the stdlib's pool breaks here, so BrokenProcessPool
     "raise-at-result-unpickle-in-parent": (
         _payloads.return_act_at_unpickle,
         ("raise",),
-        isopool.SerializationError,
-        {"side": "parent", "what": "result unpickle"},
+        SER,
+        serialization("parent", "result unpickle", BROKEN, ValueError),
     ),
     "sys-exit-at-result-unpickle-in-parent": (
         _payloads.return_act_at_unpickle,
         ("sys_exit",),
-        isopool.SerializationError,
-        {"side": "parent", "what": "result unpickle"},
+        SER,
+        serialization("parent", "result unpickle", BROKEN),
+    ),
+    "interrupt-at-result-unpickle-in-parent": (
+        _payloads.return_act_at_unpickle,
+        ("interrupt",),
+        SER,
+        serialization("parent", "result unpickle", BROKEN),
+    ),
+    "base-exception-at-result-unpickle-in-parent": (
+        _payloads.return_act_at_unpickle,
+        ("base",),
+        SER,
+        serialization("parent", "result unpickle", BROKEN),
+    ),
+    "generator-exit-at-result-unpickle-in-parent": (
+        _payloads.return_act_at_unpickle,
+        ("generator_exit",),
+        SER,
+        serialization("parent", "result unpickle", BROKEN),
     ),
 }
 
@@ -136,6 +179,10 @@ def test_failure_fails_only_that_task(fn, args, error, attrs):
         with pytest.raises(error) as info:
             bad.result(timeout=30)
         for name, value in attrs.items():
+            if name == "__also__":
+                for also in value:
+                    assert isinstance(info.value, also), also
+                continue
             assert getattr(info.value, name) == value, name
         if isinstance(info.value, isopool.TaskError):
             assert info.value.task_id == bad.id

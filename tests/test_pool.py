@@ -743,23 +743,27 @@ def test_kill_finished_task_returns_false(pool):
 
 
 def block_monitor(pool):
-    """Park ``pool``'s monitor thread in a done-callback; return the event that frees it.
+    """Park ``pool``'s monitor thread between two rounds; return the event that frees it.
 
     Replies then pile up unread in the result pipes, which makes a reply that races
-    with ``kill()`` arrive deterministically after the kill.
+    with ``kill()`` arrive deterministically after the kill. (Done-callbacks no longer
+    run on the monitor thread, so the test parks the loop itself.)
     """
+    monitor = pool._monitor
     entered, release = threading.Event(), threading.Event()
+    real_step = monitor._step
 
-    def park(_future):
-        if threading.current_thread().name.startswith("isopool-monitor"):
-            entered.set()
-            release.wait(30)
+    def parked_step():
+        del monitor._step  # the next round is a normal one
+        entered.set()
+        release.wait(30)
+        return real_step()
 
-    for _ in range(50):  # retry if the task finished before the callback was added
-        pool.submit(_tasks.echo, None).add_done_callback(park)
-        if entered.wait(5):
-            return release
-    pytest.fail("could not park the monitor thread in a done-callback")
+    monitor._step = parked_step
+    monitor._wake()
+    if not entered.wait(10):
+        pytest.fail("could not park the monitor thread")
+    return release
 
 
 def warm_up_pipelining(pool):

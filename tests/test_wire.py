@@ -6,6 +6,7 @@ fed every split of a stream and must give the same frames each time.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
 import threading
@@ -223,7 +224,7 @@ def _caught(fn, *args):
 def test_loads_exception_keeps_the_type_and_message():
     """An exception crosses with its own type and message."""
     exc = _caught(_tasks.raise_value_error, "remote boom")
-    restored = _wire.loads_exception(_wire.dumps_exception(exc))
+    restored = _wire.loads_exception(_wire.dumps_exception(exc)[0])
     assert type(restored) is ValueError
     assert str(restored) == "remote boom"
 
@@ -231,7 +232,7 @@ def test_loads_exception_keeps_the_type_and_message():
 def test_loads_exception_chains_remote_traceback_as_cause():
     """The worker's traceback text is chained as __cause__, a RemoteTraceback."""
     exc = _caught(_tasks.raise_value_error, "remote boom")
-    restored = _wire.loads_exception(_wire.dumps_exception(exc))
+    restored = _wire.loads_exception(_wire.dumps_exception(exc)[0])
     cause = restored.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "raise_value_error" in cause.tb
@@ -244,11 +245,59 @@ def test_remote_traceback_str_quotes_the_text():
     assert str(RemoteTraceback("Traceback: here\n")) == '\n"""\nTraceback: here\n"""'
 
 
-def test_dumps_exception_unpicklable_returns_none():
-    """An exception that cannot be pickled gives None (the worker reports it instead)."""
+def test_dumps_exception_unpicklable_returns_the_pickling_error():
+    """An exception that cannot be pickled gives what pickling raised (the worker reports it)."""
     exc = ValueError("holds a lock")
     exc.lock = threading.Lock()
-    assert _wire.dumps_exception(exc) is None
+    data, failure = _wire.dumps_exception(exc)
+    assert data == b""
+    assert isinstance(failure, TypeError)
+    assert "lock" in str(failure)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen dataclass exception: it refuses every setattr, __cause__ included."""
+
+    code: int
+
+
+class KeywordOnlyError(Exception):
+    """An exception whose constructor cannot be called with its args alone."""
+
+    def __init__(self, message, *, code):
+        super().__init__(message)
+        self.code = code
+
+
+def test_frozen_dataclass_exception_crosses_as_itself():
+    """A frozen dataclass exception comes back as itself, with the remote traceback attached."""
+    restored = _wire.loads_exception(_wire.dumps_exception(FrozenError(7))[0])
+    assert type(restored) is FrozenError
+    assert restored.code == 7
+    assert isinstance(restored.__cause__, RemoteTraceback)
+
+
+def test_keyword_only_exception_crosses_as_itself():
+    """An exception whose __init__ needs keywords comes back as itself with its attributes."""
+    restored = _wire.loads_exception(_wire.dumps_exception(KeywordOnlyError("bad", code=3))[0])
+    assert type(restored) is KeywordOnlyError
+    assert restored.args == ("bad",)
+    assert restored.code == 3
+
+
+def test_attach_traceback_falls_back_to_a_note():
+    """An exception that refuses __cause__ even through object.__setattr__ gets a note."""
+
+    class Stubborn(Exception):
+        def __setattr__(self, name, value):
+            raise AttributeError(name)
+
+    exc = Stubborn("x")
+    _wire.attach_traceback(exc, "the worker's traceback")
+    assert exc.__cause__ is not None or any(
+        "the worker's traceback" in note for note in getattr(exc, "__notes__", [])
+    )
 
 
 def test_loads_exception_of_a_non_exception_raises_type_error():
