@@ -231,7 +231,7 @@ class _ExceptionPickler(pickle.Pickler):
     such an exception. ``_rebuild_exception`` falls back to what always works.
     """
 
-    def reducer_override(self, obj: object) -> Any:
+    def reducer_override(self, obj: object) -> Any:  # noqa: ANN401 - pickle's own signature
         if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
             return (_rebuild_exception, (type(obj), obj.args, obj.__dict__ or None))
         return NotImplemented

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
-
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 

@@ -70,7 +70,8 @@ def test_done_callbacks_never_run_on_the_monitor_thread():
         task.add_done_callback(record)
         assert task.result(timeout=30) == "x"
         assert seen.wait(30)
-    assert names and names[0].startswith("isopool-resolver")
+    assert names
+    assert names[0].startswith("isopool-resolver")
 
 
 def test_callbacks_have_run_when_shutdown_returns():
@@ -95,7 +96,7 @@ def test_frozen_dataclass_exception_comes_back_as_itself():
 def test_unpicklable_result_raises_the_stdlibs_type_error():
     """A result holding a lock raises TypeError (as ProcessPoolExecutor) and SerializationError."""
     with isopool.Pool(1) as pool:
-        with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object") as info:
+        with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object") as info:
             pool.submit(_tasks.return_lock).result(timeout=30)
         assert isinstance(info.value, isopool.SerializationError)
         assert info.value.side == "worker"
