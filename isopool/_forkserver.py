@@ -11,7 +11,7 @@ Protocol over one ``SOCK_SEQPACKET`` socket pair (message boundaries kept)::
 
     parent -> server   config pickle (sys.path, initializer bytes), on its own pipe
     server -> parent   READY
-    parent -> server   SPAWN worker_id max_tasks     + 2 fds (call_r, result_w)
+    parent -> server   SPAWN worker_id max_tasks     + 3 fds (call_r, result_w, control_r)
     server -> parent   SPAWNED worker_id pid
     server -> parent   EXITED pid wait_status          (the server reaps every worker)
 
@@ -44,6 +44,7 @@ EXITED: Final = 4
 
 _PR_SET_PDEATHSIG: Final = 1
 _EXIT_SETUP_FAILED: Final = 70  # EX_SOFTWARE: the worker could not be set up
+_WORKER_FDS: Final = 3  # call_r, result_w, control_r
 
 
 def set_parent_death_signal(expected_parent: int) -> None:
@@ -121,20 +122,21 @@ class _Server:
 
     def _serve_request(self) -> bool:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MESSAGE.size, 2)
+            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MESSAGE.size, _WORKER_FDS)
         except OSError:
             return False
         if not msg:
             return False
         op, worker_id, max_tasks = MESSAGE.unpack(msg)
-        if op == SPAWN and len(fds) == 2:
-            pid = self._fork(fds[0], fds[1], max_tasks)
+        if op == SPAWN and len(fds) == _WORKER_FDS:
+            pid = self._fork(fds, max_tasks)
             self._send(SPAWNED, worker_id, pid)
         for fd in fds:
             os.close(fd)
         return True
 
-    def _fork(self, call_fd: int, result_fd: int, max_tasks: int) -> int:
+    def _fork(self, fds: list[int], max_tasks: int) -> int:
+        """Fork a worker serving the pipes ``fds`` (call_r, result_w, control_r)."""
         pid = os.fork()
         if pid:
             return pid
@@ -148,7 +150,8 @@ class _Server:
             set_parent_death_signal(self.pid)
             from ._worker import serve
 
-            serve(call_fd, result_fd, max_tasks, self.initializer)
+            call_fd, result_fd, control_fd = fds
+            serve(call_fd, result_fd, max_tasks, self.initializer, control_fd)
         finally:
             os._exit(_EXIT_SETUP_FAILED)
 

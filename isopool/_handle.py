@@ -2,8 +2,9 @@
 
 Owned by the monitor and touched only under its lock. The handle knows which tasks
 were written to its worker, in order (the head is the one running), what is still to
-be written, and how the worker is being stopped; it reads and writes its pipes
-without ever blocking, so a stuck worker cannot stall the monitor.
+be written, which of them it has asked the worker to take back (``revoking``), and how
+the worker is being stopped; it reads and writes its pipes without ever blocking, so
+a stuck worker cannot stall the monitor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _wire
+from ._errors import ProtocolError
 from ._process import WorkerPipes
 
 if TYPE_CHECKING:
@@ -40,8 +42,10 @@ class WorkerHandle:
         "out_registered",
         "pid",
         "pipes",
+        "protocol_error",
         "reader",
         "retired",
+        "revoking",
         "status",
         "stop_reason",
         "stop_task",
@@ -55,11 +59,14 @@ class WorkerHandle:
         self.tasks: collections.deque[Task[Any]] = collections.deque()
         self.out: collections.deque[memoryview] = collections.deque()
         self.out_registered = False
-        self.reader = _wire.FrameReader()
+        self.reader = _wire.FrameReader(self.pipes.cookie)
+        # Calls asked back from the worker (by their number on it), awaiting REVOKED.
+        self.revoking: dict[int, Task[Any]] = {}
         self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
         self.retired = False  # takes no more calls; will exit by itself
         self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"
         self.stop_task: Task[Any] | None = None
+        self.protocol_error: str | None = None  # what it wrote that was not a frame
         self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
         self.status: int | None = None  # wait status from the fork server
         self.eof_at: float | None = None  # when its result pipe reached EOF
@@ -76,6 +83,7 @@ class WorkerHandle:
         """Append ``task``'s CALL frame to the out buffer; True if it is now the head."""
         self.tasks.append(task)
         self.assigned += 1
+        task._call_number = self.assigned  # the worker numbers its calls the same way
         payload = task._payload
         header = _wire.pack_header(_wire.CALL, task.id, len(payload))
         if len(payload) < _SMALL_FRAME:
@@ -84,6 +92,18 @@ class WorkerHandle:
             self.out.append(memoryview(header))
             self.out.append(memoryview(payload))
         return len(self.tasks) == 1
+
+    def revoke(self, task: Task[Any]) -> bool:
+        """Ask the worker not to start ``task``; False if the request could not be sent.
+
+        The answer comes back as a REVOKED frame on the result pipe.
+        """
+        try:
+            os.write(self.pipes.control_w, _wire.REVOKE.pack(task._call_number))
+        except OSError:  # full (never with <= 16 calls queued) or the worker is gone
+            return False
+        self.revoking[task._call_number] = task
+        return True
 
     def flush(self) -> bool:
         """Write what the pipe takes now; return whether bytes remain to be written."""
@@ -106,13 +126,12 @@ class WorkerHandle:
                     written = 0
         return bool(out)
 
-    def read(self) -> tuple[list[_wire.Frame], bool]:
-        """Read what the worker wrote; return (whole frames, whether EOF was reached).
+    def read(self) -> tuple[list[_wire.Frame], bool, ProtocolError | None]:
+        """Read what the worker wrote: (whole frames, whether EOF was reached, error).
 
         A large frame is read straight into its own buffer (no intermediate copies).
-
-        Raises:
-            ProtocolError: the worker wrote a malformed frame.
+        ``error`` is the ProtocolError of a malformed frame; the whole frames before it
+        are still returned, so a worker's last good reply is never lost.
         """
         frames: list[_wire.Frame] = []
         reader, fd = self.reader, self.pipes.result_r
@@ -124,12 +143,16 @@ class WorkerHandle:
                     if count:
                         frames.extend(reader.filled(count))
                         continue
-                    return frames, True
+                    return frames, True, None
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
-                return frames, False
+                return frames, False, None
             except OSError:
-                return frames, True
+                return frames, True, None
             if not data:
-                return frames, True
-            frames.extend(reader.feed(data))
+                return frames, True, None
+            try:
+                frames.extend(reader.feed(data))
+            except ProtocolError as exc:
+                frames.extend(getattr(exc, "frames", ()))
+                return frames, False, exc

@@ -51,6 +51,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Final
 
 from . import _wire
@@ -79,6 +80,10 @@ _PIPELINE_DEPTH: Final = 16  # enough to hide a round trip (4 costs ~30% of thro
 _STATUS_WAIT: Final = 2.0
 _HEARTBEAT: Final = 1.0  # the longest the monitor sleeps; every wait has a deadline
 _RETIRE_GRACE: Final = 5.0  # an idle worker told to exit gets this long before SIGKILL
+# A call queued behind one that has run this long goes to an idle worker instead: long
+# enough that a burst of tiny tasks is never shuffled, short next to a slow task.
+_STEAL_AFTER: Final = 0.01
+_TAKE_BACK_WAIT: Final = 0.5  # cancel() waits this long for a worker to hand a call back
 _WAKE, _SERVER, _RESULT, _CALL = range(4)
 
 
@@ -244,10 +249,9 @@ class Monitor:
                 self._stats["killed"] += 1
                 out.append(Outcome.stopped(task))
             elif isinstance(task._worker, WorkerHandle):
-                running = True
-                self._kill_assigned_locked(task._worker, task, time.monotonic())
+                running = self._kill_assigned_locked(task._worker, task, time.monotonic(), out)
             else:  # pending but never dispatched, or already finishing
-                return not task._dispatched and task.cancel()
+                return not task._dispatched and Future.cancel(task)
             wake = self._take_wake_locked()
         if wake:
             self._wake()
@@ -324,8 +328,10 @@ class Monitor:
         if self._state is not State.RUNNING:
             raise PoolClosedError(f"cannot schedule new tasks after shutdown (pool {self.name!r})")
 
-    def _depth(self, worker: WorkerHandle) -> int:
+    def _depth(self, worker: WorkerHandle, now: float) -> int:
         depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
+        if worker.tasks and _running_long(worker, now):
+            return 1  # queue nothing behind a slow call
         if self._max_tasks:
             depth = min(depth, self._max_tasks - worker.assigned)
         return depth
@@ -337,12 +343,13 @@ class Monitor:
         started: it fails with RestartLimitError, even if a worker is free.
         """
         if not self._pending:
+            self._steal_locked(now)
             return
         workers = [w for w in self._workers if w.accepting]
         touched: set[WorkerHandle] = set()
         while workers and self._pending:
             worker = min(workers, key=lambda w: len(w.tasks))
-            if len(worker.tasks) >= self._depth(worker):
+            if len(worker.tasks) >= self._depth(worker, now):
                 break
             task = self._pending.pop()
             if task is None:
@@ -368,6 +375,23 @@ class Monitor:
             touched.add(worker)
         for worker in touched:
             self._flush_locked(worker)
+        self._steal_locked(now)
+
+    def _steal_locked(self, now: float) -> None:
+        """Nothing pending and a worker idle: take back calls queued behind a slow one.
+
+        They return to the pending queue (no attempt counted) when the busy worker
+        confirms it will not start them, and go to the idle worker: no task waits
+        behind a slow task while another worker has nothing to do.
+        """
+        if self._pending or not any(w.accepting and not w.tasks for w in self._workers):
+            return
+        for worker in self._workers:
+            if len(worker.tasks) < 2 or worker.stop_reason or not _running_long(worker, now):
+                continue
+            for task in itertools.islice(worker.tasks, 1, None):
+                if task._revoke is None and task._label is None and worker.revoke(task):
+                    task._revoke = "steal"
 
     def _assign_locked(self, worker: WorkerHandle, task: Task[Any], now: float) -> None:
         task._worker = worker
@@ -377,6 +401,8 @@ class Monitor:
     def _start_head_locked(self, worker: WorkerHandle, now: float) -> None:
         """The head of ``worker`` starts running now (if the worker exists yet)."""
         task = worker.tasks[0]
+        if task._revoke is not None:
+            return  # asked back: its REVOKED answer says whether it starts at all
         if task._kill_requested:  # stopped before it started: not an attempt
             self._stop_worker_locked(worker, "kill", task, now)
             return
@@ -416,10 +442,55 @@ class Monitor:
 
     # -- stopping workers (under the lock) --------------------------------------
 
-    def _kill_assigned_locked(self, worker: WorkerHandle, task: Task[Any], now: float) -> None:
+    def _kill_assigned_locked(
+        self, worker: WorkerHandle, task: Task[Any], now: float, out: list[Outcome]
+    ) -> bool:
+        """Kill a task written to ``worker``; True if its process must be stopped.
+
+        A call queued behind another one has not started: it is taken back from the
+        worker (REVOKE) and the task is settled now, so ``kill()`` never waits behind
+        another task. Should the worker answer that it had started meanwhile, the
+        worker is stopped then.
+        """
         task._kill_requested = True
-        if worker.tasks and worker.tasks[0] is task:
+        if worker.tasks and worker.tasks[0] is task and task._revoke is None:
             self._stop_worker_locked(worker, "kill", task, now)
+            return True
+        if task._revoke is None and not worker.revoke(task):
+            return True  # the worker is gone: its death settles the task
+        task._revoke = "kill"
+        self._stats["killed"] += 1
+        out.append(Outcome.stopped(task))
+        return False
+
+    def take_back(self, task: Task[Any], wait: bool) -> bool:
+        """Take back ``task``'s call from its worker if it has not started; see Task.cancel.
+
+        With ``wait``, block (at most ``_TAKE_BACK_WAIT`` seconds) for the worker's
+        answer and cancel the task if the call will never run; without it, the task is
+        cancelled when the answer comes, or runs as usual if it had started.
+        """
+        with self._lock:
+            worker = task._worker
+            if task.done() or not isinstance(worker, WorkerHandle) or worker.stop_reason:
+                return False
+            if worker.tasks and worker.tasks[0] is task and task._revoke is None:
+                return False  # it is running
+            if task._revoke is None and not worker.revoke(task):
+                return False
+            if task._revoke in (None, "steal"):
+                task._revoke = "cancel"
+            task._revoke_ok = False
+            if not wait:
+                return False
+            event = task._revoked = threading.Event()
+        answered = event.wait(_TAKE_BACK_WAIT)  # the lock is not held: the monitor answers
+        with self._lock:
+            task._revoked = None
+            if not answered and task._revoke == "cancel":
+                task._revoke = "steal"  # too slow to answer: if handed back, it runs elsewhere
+            ok = task._revoke_ok  # set by the monitor when the worker handed it back
+        return ok and task._force_cancel()
 
     def _stop_worker_locked(
         self, worker: WorkerHandle, reason: str, task: Task[Any] | None, now: float
@@ -490,11 +561,7 @@ class Monitor:
         kind, worker = self._fds.get(fd, (-1, None))
         if kind != _RESULT or worker is None or worker.finalized:
             return None
-        try:
-            frames, eof = worker.read()
-        except ProtocolError as exc:
-            return worker, [], False, exc
-        return worker, frames, eof, None
+        return (worker, *worker.read())
 
     def _on_event_locked(self, fd: int, mask: int, now: float, out: list[Outcome]) -> None:
         kind, worker = self._fds.get(fd, (-1, None))
@@ -594,12 +661,7 @@ class Monitor:
             # Its reply can beat the fork server's SPAWNED message: read that first,
             # so the task is started (pid, attempts, deadline) before it is settled.
             self._on_server_locked(now, out)
-        try:
-            frames, eof = worker.read()
-        except ProtocolError as exc:
-            self._apply_read_locked(worker, [], False, exc, now, out)
-            return
-        self._apply_read_locked(worker, frames, eof, None, now, out)
+        self._apply_read_locked(worker, *worker.read(), now, out)
 
     def _apply_read_locked(
         self,
@@ -612,18 +674,28 @@ class Monitor:
     ) -> None:
         if worker.finalized:
             return
-        if error is not None:
-            log.error("pool %r: worker %s sent a malformed frame: %s", self.name, worker.pid, error)
-            self._stop_worker_locked(worker, "protocol", None, now)
-            return
         if worker.pid is None:
             worker.held.extend(frames)  # settled when SPAWNED arrives
             frames = []
         for kind, task_id, payload in frames:
             self._on_frame_locked(worker, kind, task_id, payload, now, out)
+        if error is not None:
+            self._on_protocol_error_locked(worker, str(error), now)
+            return
         if eof and worker.eof_at is None:
             worker.eof_at = now
             self._unregister(worker.pipes.result_r)
+
+    def _on_protocol_error_locked(self, worker: WorkerHandle, what: str, now: float) -> None:
+        """The result pipe carried bytes that are not the worker's: stop that worker.
+
+        Its running task fails with a TaskCrashError that says so; what it had queued
+        goes to other workers. (A task can write into any descriptor of its process.)
+        """
+        if worker.protocol_error is None:
+            worker.protocol_error = what
+            log.error("pool %r: worker %s wrote %s; stopping it", self.name, worker.pid, what)
+        self._stop_worker_locked(worker, "protocol", None, now)
 
     def _on_frame_locked(
         self,
@@ -636,11 +708,13 @@ class Monitor:
     ) -> None:
         if kind == _wire.INIT_FAILED:
             raise BrokenPoolError(Outcome.describe_init_failure(payload))
+        if kind == _wire.REVOKED:
+            self._on_revoked_locked(worker, task_id, payload == _wire.REVOKED_OK, now, out)
+            return
         if not worker.tasks or worker.tasks[0].id != task_id:
-            log.error(
-                "pool %r: worker %s answered for unknown task %d", self.name, worker.pid, task_id
+            self._on_protocol_error_locked(
+                worker, f"a frame for task {task_id}, which it was not running", now
             )
-            self._stop_worker_locked(worker, "protocol", None, now)
             return
         task = worker.tasks.popleft()
         task._worker = None
@@ -665,6 +739,39 @@ class Monitor:
             self._start_head_locked(worker, now)
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
+
+    def _on_revoked_locked(
+        self, worker: WorkerHandle, number: int, ok: bool, now: float, out: list[Outcome]
+    ) -> None:
+        """The worker answered a REVOKE of its call ``number``.
+
+        ``ok``: it will never start that call, which leaves the worker's list here (and
+        the worker skips it). Otherwise it had started and runs on as usual, unless it
+        was being killed: then its worker is stopped like any running task's.
+        """
+        task = worker.revoking.pop(number, None)
+        if task is None:
+            return
+        reason, task._revoke = task._revoke, None
+        if ok:
+            worker.tasks.remove(task)
+            task._worker = None
+            if reason == "cancel" and task._revoked is not None:
+                task._revoke_ok = True
+                task._revoked.set()  # the thread in cancel() settles it
+            elif reason == "cancel":
+                out.append(Outcome.cancelled(task))
+            elif reason == "steal":
+                self._pending.push(task)  # never started: not an attempt
+            if worker.tasks and worker.stop_reason is None:
+                self._start_head_locked(worker, now)
+            if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
+                worker.retired = True
+            return
+        if reason == "cancel" and task._revoked is not None:
+            task._revoked.set()  # too late: cancel() returns False
+        if worker.tasks and worker.tasks[0] is task:
+            self._start_head_locked(worker, now)  # it had started: start its clock
 
     def _stop_outcome(self, worker: WorkerHandle, task: Task[Any]) -> Outcome:
         if worker.stop_reason == "timeout" and worker.stop_task is task:
@@ -738,9 +845,18 @@ class Monitor:
 
     def _next_deadline_locked(self) -> float:
         deadline = self._delayed.next_due()
+        steal = any(w.accepting and not w.tasks for w in self._workers)
         for worker in self._workers:
-            if worker.tasks and worker.tasks[0]._deadline is not None:
-                deadline = min(deadline, worker.tasks[0]._deadline)
+            head = worker.tasks[0] if worker.tasks else None
+            if head is not None and head._deadline is not None:
+                deadline = min(deadline, head._deadline)
+            if (
+                steal
+                and head is not None
+                and head._started_at is not None
+                and len(worker.tasks) > 1
+            ):
+                deadline = min(deadline, head._started_at + _STEAL_AFTER)
             if worker.kill_at is not None:
                 deadline = min(deadline, worker.kill_at)
             if worker.eof_at is not None:
@@ -773,14 +889,23 @@ class Monitor:
             signal_group(worker.pid, signal.SIGKILL)  # whatever the task left behind
         tasks = list(worker.tasks)
         worker.tasks.clear()
+        worker.revoking.clear()
         info = decode_exit(worker.status)
         for index, task in enumerate(tasks):
             task._worker = None
+            reason, task._revoke = task._revoke, None
+            if reason == "cancel" and task._revoked is not None:
+                task._revoke_ok = True  # it never started: cancel() may have it
+                task._revoked.set()
+                continue
+            if task.done():
+                continue  # killed while queued there: already settled
             if index == 0 and task._started_at is not None:
                 if worker.stop_task is task or worker.stop_reason == "terminate":
                     self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
                 else:
-                    self._end_run_locked(task, Outcome.crashed(task, worker.pid, info), now, out)
+                    crash = Outcome.crashed(task, worker.pid, info, worker.protocol_error)
+                    self._end_run_locked(task, crash, now, out)
             elif task._kill_requested:
                 self._end_run_locked(task, Outcome.stopped(task), now, out)
             else:
@@ -874,3 +999,9 @@ class Monitor:
         if self._fds.pop(fd, None) is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
+
+
+def _running_long(worker: WorkerHandle, now: float) -> bool:
+    """Whether ``worker``'s head call has run for ``_STEAL_AFTER`` seconds or more."""
+    started = worker.tasks[0]._started_at
+    return started is not None and now - started >= _STEAL_AFTER

@@ -86,9 +86,14 @@ class Outcome:
         return cls("bad_call", task, exc)
 
     @classmethod
-    def crashed(cls, task: Task[Any], pid: int | None, info: ExitInfo) -> Outcome:
-        """The worker died while running the task."""
-        return cls("crashed", task, (pid, info))
+    def crashed(
+        cls, task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+    ) -> Outcome:
+        """The worker died while running the task.
+
+        ``wrote``: it was stopped for writing this into its result pipe.
+        """
+        return cls("crashed", task, (pid, info, wrote))
 
     @classmethod
     def timed_out(cls, task: Task[Any], pid: int | None) -> Outcome:
@@ -138,7 +143,7 @@ class Outcome:
         """A short phrase for logs: why this run ended."""
         task = self.task
         if self.kind == "crashed":
-            pid, info = self.data
+            pid, info, _wrote = self.data
             return f"crashed: worker {pid} {info.describe()}"
         if self.kind == "timed_out":
             return f"timed out after {task.options.timeout} s"
@@ -294,8 +299,16 @@ def _safe_str(exc: BaseException) -> str:
         return f"<{type(exc).__name__} whose str() failed>"
 
 
-def _crash_error(task: Task[Any], pid: int | None, info: ExitInfo) -> TaskCrashError:
-    message = f"task {task.id} ({task.name}) crashed: worker {pid} {info.describe()}"
+def _crash_error(
+    task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+) -> TaskCrashError:
+    if wrote is not None:
+        message = (
+            f"task {task.id} ({task.name}) crashed: worker {pid} wrote {wrote} into its "
+            f"result pipe and was stopped ({info.describe()})"
+        )
+    else:
+        message = f"task {task.id} ({task.name}) crashed: worker {pid} {info.describe()}"
     limit = task.options.memory_limit
     if limit is not None and info.signal in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS"):
         message += f" (it may have hit its memory_limit of {limit} bytes)"

@@ -389,7 +389,7 @@ def _map_results(
                 yield result
     finally:
         for task in in_flight:
-            task.cancel()
+            task._cancel_nowait()
 
 
 class PoolOptions:

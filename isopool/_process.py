@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import pickle
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
-from . import _forkserver
+from . import _forkserver, _wire
 
 __all__ = [
     "ExitInfo",
@@ -86,35 +87,61 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 class WorkerPipes:
-    """The two pipes of one worker; the parent keeps ``call_w`` and ``result_r``.
+    """The three pipes of one worker; the parent keeps ``call_w``, ``result_r``, ``control_w``.
 
     The worker's ends are handed to the fork server and closed here right after, so
     the worker is their only holder: EOF on ``result_r`` means the worker is gone.
+    ``control`` carries the worker's frame cookie (written here, before the worker
+    exists) and then REVOKE messages, read by the worker's watcher thread while a call
+    runs (the call pipe is read only between calls).
     """
 
-    __slots__ = ("call_r", "call_w", "result_r", "result_w")
+    __slots__ = ("call_r", "call_w", "control_r", "control_w", "cookie", "result_r", "result_w")
 
     def __init__(self) -> None:
-        self.call_r, self.call_w = os.pipe()
-        self.result_r, self.result_w = os.pipe()
+        self.cookie = secrets.randbits(16) | 1  # never 0, which a zeroed header would match
+        self.call_r = self.call_w = self.result_r = self.result_w = -1
+        self.control_r = self.control_w = -1
+        try:
+            self.call_r, self.call_w = os.pipe()
+            self.result_r, self.result_w = os.pipe()
+            self.control_r, self.control_w = os.pipe()
+        except BaseException:
+            self.close()
+            raise
         for fd in (self.call_w, self.result_w):
             with contextlib.suppress(OSError):  # a lowered pipe-max-size: keep the default
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        os.write(self.control_w, _wire.COOKIE.pack(self.cookie))
         os.set_blocking(self.call_w, False)
         os.set_blocking(self.result_r, False)
+        os.set_blocking(self.control_w, False)
+
+    def worker_ends(self) -> list[int]:
+        """The ends the worker gets, in the order the fork server passes them on."""
+        return [self.call_r, self.result_w, self.control_r]
 
     def close_worker_ends(self) -> None:
         """Close the ends that belong to the worker (after handing them over)."""
-        for fd in (self.call_r, self.result_w):
-            _close(fd)
-        self.call_r = self.result_w = -1
+        for fd in (self.call_r, self.result_w, self.control_r):
+            if fd >= 0:
+                _close(fd)
+        self.call_r = self.result_w = self.control_r = -1
 
     def close(self) -> None:
         """Close every end still open."""
-        for fd in (self.call_r, self.call_w, self.result_r, self.result_w):
+        for fd in (
+            self.call_r,
+            self.call_w,
+            self.result_r,
+            self.result_w,
+            self.control_r,
+            self.control_w,
+        ):
             if fd >= 0:
                 _close(fd)
         self.call_r = self.call_w = self.result_r = self.result_w = -1
+        self.control_r = self.control_w = -1
 
 
 def _close(fd: int) -> None:
@@ -174,7 +201,7 @@ class ForkServer:
     def spawn(self, worker_id: int, pipes: WorkerPipes, max_tasks: int) -> None:
         """Ask for a worker that reads ``pipes.call_r`` and writes ``pipes.result_w``."""
         msg = _forkserver.MESSAGE.pack(_forkserver.SPAWN, worker_id, max_tasks)
-        socket.send_fds(self.sock, [msg], [pipes.call_r, pipes.result_w])
+        socket.send_fds(self.sock, [msg], pipes.worker_ends())
 
     def read_messages(self) -> list[tuple[int, int, int]] | None:
         """Return the messages waiting (op, a, b) without blocking; None on EOF."""

@@ -123,6 +123,9 @@ class _Owner(Protocol):
     ) -> bool:
         """Stop ``task``; see ``Task.kill``."""
 
+    def take_back(self, task: Task[Any], wait: bool) -> bool:
+        """Take back a call written to a worker but not started; see ``Task.cancel``."""
+
 
 class _Finished:
     """The owner of ``Task.completed`` tasks: there is nothing to stop."""
@@ -137,13 +140,17 @@ class _Finished:
     ) -> bool:
         return False
 
+    def take_back(self, task: Task[Any], wait: bool) -> bool:
+        return False
+
 
 class Task(Future[R], Generic[R]):
     """A task running (or queued to run) in a worker process.
 
     Thread-safe, like every ``Future``. Results, exceptions and cancellation follow
-    ``concurrent.futures.Future`` exactly; ``cancel()`` succeeds only while the task
-    is pending, as in the stdlib, while ``kill()`` also stops a running task.
+    ``concurrent.futures.Future``; ``cancel()`` succeeds while the task has not
+    started, also when its call was already written to a worker behind another one
+    (the worker hands it back), while ``kill()`` also stops a running task.
 
     Attributes:
         id: The task's id, unique within its pool (it travels in frame headers).
@@ -171,6 +178,10 @@ class Task(Future[R], Generic[R]):
     _kill_error: BaseException | None
     _kill_grace: ShutdownTimeout | None
     _keep_reply: bool  # Task.shutdown: a reply that races the stop in is kept
+    _call_number: int  # its number among the calls written to its worker
+    _revoke: str | None  # why it is being asked back from its worker: kill, cancel, steal
+    _revoked: threading.Event | None  # set when a cancel()'s take-back was answered
+    _revoke_ok: bool  # that answer: True if the call will never run
     _label: str | None
     # Task-owned state (the Elixir API):
     _awaited: bool  # await_ was called: a second call is an error
@@ -218,6 +229,10 @@ class Task(Future[R], Generic[R]):
         self._kill_error = None  # fail with this instead of CancelledError when stopped
         self._kill_grace = None  # overrides options.shutdown for one stop
         self._keep_reply = False
+        self._call_number = 0
+        self._revoke = None
+        self._revoked = None
+        self._revoke_ok = False
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         self._awaited = False
         self._unlink = None
@@ -262,6 +277,23 @@ class Task(Future[R], Generic[R]):
             finished.
         """
         return self._owner.kill(self, wait)
+
+    def cancel(self) -> bool:
+        """Cancel the task unless it has started; True if it will never run.
+
+        As ``Future.cancel``, with one addition: a call already written to a worker
+        but queued there behind another call has not started, so it is taken back
+        from the worker (one round trip, about a millisecond; at most half a second
+        when the worker's running task holds the GIL) and the task is cancelled.
+        """
+        if super().cancel():
+            return True
+        return self._owner.take_back(self, True)
+
+    def _cancel_nowait(self) -> None:
+        """Cancel as ``cancel()`` does, without waiting for a worker's answer."""
+        if not super().cancel():
+            self._owner.take_back(self, False)
 
     def result(self, timeout: float | None = None) -> R:
         """As ``Future.result``: the task's return value, or raise its exception."""

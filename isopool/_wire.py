@@ -31,11 +31,16 @@ from typing import Any, Final
 __all__ = [
     "BAD_PAYLOAD",
     "CALL",
+    "COOKIE",
     "ERROR",
     "HEADER",
     "INIT_FAILED",
     "MAX_PAYLOAD",
     "RESULT",
+    "REVOKE",
+    "REVOKED",
+    "REVOKED_LATE",
+    "REVOKED_OK",
     "SHUTDOWN",
     "Frame",
     "FrameReader",
@@ -60,18 +65,37 @@ ERROR: Final = 3  # worker -> parent: (exception, traceback text)
 BAD_PAYLOAD: Final = 4  # worker -> parent: JSON {what, error type, ...}; never a pickle
 INIT_FAILED: Final = 5  # worker -> parent: the initializer raised; JSON [type, message, tb]
 SHUTDOWN: Final = 6  # worker -> parent: the task raised isopool.Shutdown (a normal exit)
-_KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN})
+# worker -> parent: the answer to a REVOKE; the header's task id field holds the call's
+# sequence number on that worker, the payload one byte: REVOKED_OK (it will never
+# run) or REVOKED_LATE (it had started: its reply comes as usual).
+REVOKED: Final = 7
+REVOKED_OK: Final = b"\x01"
+REVOKED_LATE: Final = b"\x00"
+_KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN, REVOKED})
+
+# parent -> worker, on the worker's control pipe (not the call pipe, which the worker
+# does not read while a call runs): "do not start call number N" (1-based, in the
+# order the calls were written to that worker).
+REVOKE: Final = struct.Struct("<Q")
+# parent -> worker, first on the control pipe: the 16-bit cookie of pack_header.
+COOKIE: Final = struct.Struct("<H")
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).
 _MAIN_REF: Final = b"__main__"
 
 
-def pack_header(kind: int, task_id: int, length: int) -> bytes:
-    """Return the 16-byte header of a frame carrying ``length`` payload bytes."""
+def pack_header(kind: int, task_id: int, length: int, cookie: int = 0) -> bytes:
+    """Return the 16-byte header of a frame carrying ``length`` payload bytes.
+
+    ``cookie`` fills the flags field: a worker stamps every frame it writes with the
+    16-bit value its parent gave it, so bytes that a task writes into the result pipe
+    by mistake are told from the worker's own frames (a malformed frame, never a
+    4 GiB allocation).
+    """
     if length > MAX_PAYLOAD:
         raise ValueError(f"payload of {length} bytes exceeds the {MAX_PAYLOAD}-byte frame limit")
-    return HEADER.pack(VERSION, kind, 0, length, task_id)
+    return HEADER.pack(VERSION, kind, cookie, length, task_id)
 
 
 Payload = bytes | bytearray
@@ -82,13 +106,22 @@ Frame = tuple[int, int, Payload]
 # Frames at least this large are read straight into a buffer of their own size: a
 # growing buffer would copy a 10 MB result several times over.
 _LARGE: Final = 256 * 1024
+# But never allocate more ahead of the bytes that actually arrived than this: a header
+# can claim 4 GiB and be followed by nothing. Beyond it the buffer doubles as data comes.
+_AHEAD: Final = 64 * 1024 * 1024
 
 
 class FrameReader:
     """Split a byte stream into frames; feed it whatever the pipe gave.
 
-    A large frame is assembled in a buffer of its exact size; ``room()`` exposes the
-    part still to fill, so a reader can ``readv`` into it directly.
+    A large frame is assembled in a buffer of its own; ``room()`` exposes the part
+    still to fill, so a reader can ``readv`` into it directly. The buffer grows with
+    the data that arrives (at most ``_AHEAD`` bytes ahead of it), never with what a
+    header merely claims.
+
+    Args:
+        cookie: When given, every header's flags field must equal it (the frames of
+            a worker); a frame without it is a ProtocolError.
 
     Example:
         >>> reader = FrameReader()
@@ -97,13 +130,15 @@ class FrameReader:
         ([], [(2, 7, b'ok')])
     """
 
-    __slots__ = ("_big", "_big_head", "_buf", "_fill", "_need")
+    __slots__ = ("_big", "_big_head", "_big_len", "_buf", "_cookie", "_fill", "_need")
 
-    def __init__(self) -> None:
+    def __init__(self, cookie: int | None = None) -> None:
         self._buf = bytearray()
         self._need = HEADER.size
+        self._cookie = cookie
         self._big: bytearray | None = None  # the large frame being assembled
         self._big_head = (0, 0)  # its (kind, task id)
+        self._big_len = 0  # the length its header announced
         self._fill = 0  # bytes of it received
 
     @property
@@ -113,9 +148,13 @@ class FrameReader:
 
     def room(self) -> memoryview | None:
         """The unfilled part of a large frame in progress, to read into; else None."""
-        if self._big is None:
+        big = self._big
+        if big is None:
             return None
-        return memoryview(self._big)[self._fill :]
+        if self._fill == len(big):  # full so far: grow with the data, not the claim
+            grow = min(self._big_len - len(big), max(len(big), _LARGE))
+            big.extend(bytes(grow))
+        return memoryview(big)[self._fill :]
 
     def filled(self, count: int) -> list[Frame]:
         """``count`` bytes were read into ``room()``; return the frame if complete."""
@@ -123,7 +162,7 @@ class FrameReader:
         if big is None:
             raise ValueError("filled() without a large frame in progress")
         self._fill += count
-        if self._fill < len(big):
+        if self._fill < self._big_len:
             return []
         kind, task_id = self._big_head
         self._big, self._fill = None, 0
@@ -133,39 +172,46 @@ class FrameReader:
         """Add ``data`` and return every frame it completes, as (kind, task id, payload).
 
         Raises:
-            ProtocolError: a header has the wrong version or an unknown kind.
+            ProtocolError: a header has the wrong version, kind or cookie.
         """
         frames: list[Frame] = []
-        view = memoryview(data)
-        if self._big is not None:
-            room = memoryview(self._big)[self._fill :]
+        try:
+            self._feed(memoryview(data), frames)
+        except Exception as exc:
+            exc.frames = frames  # type: ignore[attr-defined]  # the whole frames before it
+            raise
+        return frames
+
+    def _feed(self, view: memoryview, frames: list[Frame]) -> None:
+        while self._big is not None and view:
+            room = self.room()
+            if room is None:  # pragma: no cover - a large frame is in progress
+                break
             count = min(len(room), len(view))
             room[:count] = view[:count]
             frames.extend(self.filled(count))
             view = view[count:]
-            if not view:
-                return frames
+        if not view:
+            return
         buf = self._buf
         buf += view
         if len(buf) < self._need:
-            return frames
+            return
         pos, end = 0, len(buf)
         while end - pos >= HEADER.size:
-            version, kind, _flags, length, task_id = HEADER.unpack_from(buf, pos)
-            if version != VERSION or kind not in _KINDS:
-                from ._errors import ProtocolError
-
-                raise ProtocolError(f"malformed frame header: version {version}, kind {kind}")
+            version, kind, flags, length, task_id = HEADER.unpack_from(buf, pos)
+            self._check(version, kind, flags)
             start = pos + HEADER.size
             stop = start + length
             if stop <= end:
                 frames.append((kind, task_id, bytes(memoryview(buf)[start:stop])))
                 pos = stop
                 continue
-            if length >= _LARGE:  # assemble it in place from here on
-                self._big = bytearray(length)
-                self._big_head = (kind, task_id)
+            if length >= _LARGE:  # assemble it in its own buffer from here on
                 self._fill = end - start
+                self._big = bytearray(min(length, self._fill + _AHEAD))
+                self._big_head = (kind, task_id)
+                self._big_len = length
                 self._big[: self._fill] = memoryview(buf)[start:end]
                 pos = end
                 self._need = HEADER.size
@@ -175,7 +221,18 @@ class FrameReader:
         else:
             self._need = HEADER.size
         del buf[:pos]
-        return frames
+
+    def _check(self, version: int, kind: int, flags: int) -> None:
+        if (
+            version != VERSION
+            or kind not in _KINDS
+            or (self._cookie is not None and flags != self._cookie)
+        ):
+            from ._errors import ProtocolError
+
+            raise ProtocolError(
+                f"a malformed frame header (version {version}, kind {kind}, flags {flags:#06x})"
+            )
 
 
 def dumps(obj: object) -> bytes:

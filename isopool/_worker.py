@@ -28,8 +28,9 @@ import os
 import pickle
 import resource
 import sys
+import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from . import _wire
 from ._errors import Shutdown
@@ -37,11 +38,28 @@ from ._errors import Shutdown
 __all__ = ["run_chunk", "serve"]
 
 _READ_SIZE = 1 << 20
+_EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
 
 
-def serve(call_fd: int, result_fd: int, max_tasks: int, initializer: bytes | None) -> NoReturn:
-    """Run calls from ``call_fd`` until EOF or ``max_tasks`` (0: no limit), then exit."""
+def serve(
+    call_fd: int,
+    result_fd: int,
+    max_tasks: int,
+    initializer: bytes | None,
+    control_fd: int = -1,
+) -> NoReturn:
+    """Run calls from ``call_fd`` until EOF or ``max_tasks`` (0: no limit), then exit.
+
+    ``control_fd`` (when given) first carries this worker's frame cookie, then the
+    parent's REVOKE messages, which a watcher thread answers while a call runs.
+    """
+    global _cookie
     try:
+        revocations = _Revocations(result_fd)
+        if control_fd >= 0:
+            _cookie = _read_cookie(control_fd)
+            if max_tasks != 1:  # a worker of one call has no call queued behind it
+                revocations.watch(control_fd)
         if initializer is not None:
             _run_initializer(result_fd, initializer)
         reader = _wire.FrameReader()
@@ -51,11 +69,88 @@ def serve(call_fd: int, result_fd: int, max_tasks: int, initializer: bytes | Non
             if frames is None:
                 break
             for _kind, task_id, payload in frames:
-                _run_call(result_fd, task_id, payload)
-                done += 1
+                if revocations.start_next():
+                    _run_call(result_fd, task_id, payload)
+                done += 1  # a revoked call counts too: the parent counted it as written
     except SystemExit as exc:
         _exit(_exit_code(exc))
     _exit(0)
+
+
+# The cookie this worker stamps on its frames, and the lock that keeps the watcher's
+# REVOKED answers from landing inside a result frame the main thread is writing.
+_cookie = 0
+_write_lock = threading.Lock()
+
+
+def _read_cookie(fd: int) -> int:
+    data = b""
+    while len(data) < _wire.COOKIE.size:
+        chunk = os.read(fd, _wire.COOKIE.size - len(data))
+        if not chunk:
+            _exit(_EXIT_NO_COOKIE)
+        data += chunk
+    (cookie,) = _wire.COOKIE.unpack(data)
+    return int(cookie)
+
+
+class _Revocations:
+    """Which calls written to this worker must not start; shared with the watcher.
+
+    Calls are numbered 1, 2, ... in the order they arrive (the parent numbers them the
+    same way). The main thread asks ``start_next`` before each call; the watcher,
+    asked to revoke call N, refuses if it has started (``REVOKED_LATE``) or promises it
+    never will (``REVOKED_OK``). Both decide under one lock, and the watcher writes its
+    answer while holding the write lock, so on the result pipe every answer precedes
+    the replies of the calls after the revoked one: the parent never has to guess.
+    """
+
+    def __init__(self, result_fd: int) -> None:
+        self._result_fd = result_fd
+        self._lock = threading.Lock()
+        self._started = 0
+        self._revoked: set[int] = set()
+
+    def start_next(self) -> bool:
+        """Count the next call; False if it was revoked (skip it)."""
+        with self._lock:
+            self._started += 1
+            if self._revoked and self._started in self._revoked:
+                self._revoked.discard(self._started)
+                return False
+        return True
+
+    def watch(self, control_fd: int) -> None:
+        """Answer REVOKE messages from ``control_fd`` on a daemon thread."""
+        thread = threading.Thread(
+            target=self._watch, args=(control_fd,), name="isopool-revoker", daemon=True
+        )
+        thread.start()
+
+    def _watch(self, control_fd: int) -> None:
+        pending = b""
+        size = _wire.REVOKE.size
+        while True:
+            try:
+                data = os.read(control_fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return  # the parent is gone; the call pipe's EOF ends the worker
+            pending += data
+            while len(pending) >= size:
+                (number,) = _wire.REVOKE.unpack_from(pending)
+                pending = pending[size:]
+                self._answer(number)
+
+    def _answer(self, number: int) -> None:
+        with _write_lock:
+            with self._lock:
+                late = number <= self._started
+                if not late:
+                    self._revoked.add(number)
+            answer = _wire.REVOKED_LATE if late else _wire.REVOKED_OK
+            _write_frame(self._result_fd, _wire.REVOKED, number, answer)
 
 
 def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None:
@@ -205,7 +300,12 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _send(fd: int, kind: int, task_id: int, payload: bytes) -> None:
-    header = _wire.pack_header(kind, task_id, len(payload))
+    with _write_lock:
+        _write_frame(fd, kind, task_id, payload)
+
+
+def _write_frame(fd: int, kind: int, task_id: int, payload: bytes) -> None:
+    header = _wire.pack_header(kind, task_id, len(payload), _cookie)
     if len(payload) < 65536:
         _write_all(fd, header + payload)
     else:

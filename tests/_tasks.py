@@ -124,7 +124,10 @@ def ignore_sigterm_then_hang(ready_file):
 
 
 def write_then_hang(path):
-    Path(path).write_text(str(os.getpid()))
+    """Write this worker's pid to ``path`` (atomically: readers never see it empty), hang."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(str(os.getpid()))
+    partial.rename(path)
     time.sleep(3600)
 
 
@@ -296,3 +299,32 @@ def count_then_exit(path, code):
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
     sys.exit(code)
+
+
+def _own_result_fd():
+    """The worker's result pipe, found the way a hostile task could: up the stack."""
+    frame = sys._getframe()
+    while frame is not None:
+        if "result_fd" in frame.f_locals:
+            return frame.f_locals["result_fd"]
+        frame = frame.f_back
+    raise RuntimeError("not running in an isopool worker")
+
+
+def write_into_result_pipe(data, then_return="done"):
+    """Write ``data`` into the worker's own result pipe, then return normally."""
+    os.write(_own_result_fd(), data)
+    return then_return
+
+
+def announce_huge_frame_with_cookie(length):
+    """Write a well-stamped header that claims ``length`` bytes, and send none of them."""
+    from isopool import _wire, _worker
+
+    os.write(_own_result_fd(), _wire.pack_header(_wire.RESULT, 1, length, _worker._cookie))
+    return "the parent is still waiting for the rest"
+
+
+def touch(path, value=None):
+    Path(path).touch()
+    return value
