@@ -330,7 +330,7 @@ class Monitor:
 
     def _depth(self, worker: WorkerHandle, now: float) -> int:
         depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
-        if worker.tasks and _running_long(worker, now):
+        if worker.tasks and _running_long(worker, now, self._ema):
             return 1  # queue nothing behind a slow call
         if self._max_tasks:
             depth = min(depth, self._max_tasks - worker.assigned)
@@ -387,7 +387,11 @@ class Monitor:
         if self._pending or not any(w.accepting and not w.tasks for w in self._workers):
             return
         for worker in self._workers:
-            if len(worker.tasks) < 2 or worker.stop_reason or not _running_long(worker, now):
+            if (
+                len(worker.tasks) < 2
+                or worker.stop_reason
+                or not _running_long(worker, now, self._ema)
+            ):
                 continue
             for task in itertools.islice(worker.tasks, 1, None):
                 if task._revoke is None and task._label is None and worker.revoke(task):
@@ -1001,7 +1005,11 @@ class Monitor:
                 self._epoll.unregister(fd)
 
 
-def _running_long(worker: WorkerHandle, now: float) -> bool:
-    """Whether ``worker``'s head call has run for ``_STEAL_AFTER`` seconds or more."""
+def _running_long(worker: WorkerHandle, now: float, ema: float | None) -> bool:
+    """Whether ``worker``'s head call has run long: queue nothing more behind it.
+
+    Long means ``_STEAL_AFTER`` seconds and ten times the recent mean run time, so a
+    loaded machine, where every call is slow, keeps its pipelining.
+    """
     started = worker.tasks[0]._started_at
-    return started is not None and now - started >= _STEAL_AFTER
+    return started is not None and now - started >= max(_STEAL_AFTER, 10 * (ema or 0.0))
