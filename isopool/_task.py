@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, Ty
 
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
-from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown
+from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown, check_wait
 
 if TYPE_CHECKING:
     from ._policy import RestartIntensity
@@ -115,6 +115,9 @@ class _Owner(Protocol):
     ) -> bool:
         """Stop ``task``; see ``Task.kill``."""
 
+    def forget(self, task: Task[Any]) -> None:
+        """``task`` was cancelled while queued: take it out of the pending queue."""
+
 
 class _Finished:
     """The owner of ``Task.completed`` tasks: there is nothing to stop."""
@@ -128,6 +131,9 @@ class _Finished:
         keep_reply: bool = False,
     ) -> bool:
         return False
+
+    def forget(self, task: Task[Any]) -> None:
+        pass
 
 
 class Task(Future[R], Generic[R]):
@@ -214,6 +220,11 @@ class Task(Future[R], Generic[R]):
         self._program_linked = False
         self._retrieved = False
         self._raw = False
+        # The one place every task passes once it can no longer run again (result,
+        # failure, cancel, kill, broken pool): drop its pickled call there. Appended
+        # directly (no lock needed: nobody else holds the Task yet); a module-level
+        # function, so no reference cycle keeps the Task alive.
+        self._done_callbacks.append(_release_call)  # type: ignore[attr-defined]  # Future's own list
         return self
 
     def __repr__(self) -> str:
@@ -251,15 +262,42 @@ class Task(Future[R], Generic[R]):
         """
         return self._owner.kill(self, wait)
 
+    def cancel(self) -> bool:
+        """As ``Future.cancel``: cancel the task if it has not started running.
+
+        A cancelled task leaves its pool's pending queue at once, so
+        ``Pool.stats()["pending"]`` stops counting it. To stop a running task, use
+        ``kill()``.
+
+        Returns:
+            True if the task is cancelled; False if it is running or finished.
+        """
+        if not super().cancel():
+            return False
+        # Only a queued task has anything to forget; an unqueued one may be cancelled
+        # by the monitor itself, under the lock that forget() takes.
+        if self.queued:
+            self._owner.forget(self)
+        return True
+
     def result(self, timeout: float | None = None) -> R:
-        """As ``Future.result``: the task's return value, or raise its exception."""
+        """As ``Future.result``: the task's return value, or raise its exception.
+
+        Raises:
+            ValueError: ``timeout`` is NaN, infinite or above 1e9 seconds (None waits
+                for ever; a negative time-out does not block, as in the stdlib).
+        """
         self._retrieved = True
-        return super().result(timeout)
+        return super().result(timeout if timeout is None else check_wait("timeout", timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """As ``Future.exception``: the task's exception, or None."""
+        """As ``Future.exception``: the task's exception, or None.
+
+        Raises:
+            ValueError: ``timeout`` is NaN, infinite or above 1e9 seconds.
+        """
         self._retrieved = True
-        return super().exception(timeout)
+        return super().exception(timeout if timeout is None else check_wait("timeout", timeout))
 
     def __del__(self) -> None:
         # A linked task's failure must never be silently lost (as asyncio's "Task
@@ -525,6 +563,16 @@ class Task(Future[R], Generic[R]):
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""
         with contextlib.suppress(CancelledError, TimeoutError):
             self.exception(timeout)
+
+
+def _release_call(task: Future[Any]) -> None:
+    """Done-callback of every Task: free its pickled call (it may be large).
+
+    Reached only once the task is settled for good, so a task that restarts (which
+    re-sends the call) still has it: restarts happen before the future settles.
+    """
+    if isinstance(task, Task):
+        task._payload = b""
 
 
 _FINISHED = _Finished()
