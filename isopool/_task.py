@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, Ty
 
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
-from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown, check_wait
+from ._spec import (
+    MAX_SECONDS,
+    ShutdownTimeout,
+    TaskOptions,
+    check_seconds,
+    check_shutdown,
+    check_wait,
+)
 
 if TYPE_CHECKING:
     from ._policy import RestartIntensity
@@ -562,7 +569,7 @@ class Task(Future[R], Generic[R]):
     def _wait_stopped(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""
         with contextlib.suppress(CancelledError, TimeoutError):
-            self.exception(timeout)
+            self.exception(min(timeout, MAX_SECONDS))  # a grace near the bound, plus margin
 
 
 def _release_call(task: Future[Any]) -> None:

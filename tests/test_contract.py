@@ -571,3 +571,12 @@ def test_options_memory_limit_beyond_setrlimit_raises_value_error(pool):
     """options(memory_limit=10**30) is refused before anything is submitted."""
     with pytest.raises(ValueError, match="memory_limit must be at most"):
         pool.options(memory_limit=10**30)
+
+
+def test_kill_with_the_longest_grace_still_stops_the_task(make_pool, blocker):
+    """kill() waits grace + a margin: with the 1e9 s bound as grace, that must not overflow."""
+    pool = make_pool(1, shutdown=1e9)
+    task = blocker.submit(pool)
+    blocker.wait_ready()
+    assert task.kill()  # SIGTERM ends it at once; the wait's bound is what is checked
+    assert task.cancelled()
