@@ -353,7 +353,8 @@ class Pool(Executor):
 
         Keys: workers, pending, running (now); submitted, completed, failed,
         crashed, timed_out, killed, restarted, workers_started, workers_replaced
-        (totals since the pool started).
+        (totals since the pool started). ``pending`` counts the tasks still
+        waiting to run: a cancelled or killed task leaves it at once.
         """
         return self._monitor.stats()
 
