@@ -19,7 +19,7 @@ import sys
 import textwrap
 import tracemalloc
 import weakref
-from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -195,6 +195,17 @@ def test_map_iterator_keeps_no_reference_to_a_yielded_result(executor, chunksize
         del obj
         gc.collect()
         assert wait_for(lambda ref=ref: ref() is None, timeout=10), "map kept a yielded result"
+
+
+def test_finished_future_is_freed_once_the_caller_drops_it(executor):
+    """Nothing in the executor keeps a settled future alive (stdlib's yielded-future test)."""
+    futures = [executor.submit(make_dummy, i) for i in range(8)]
+    for future in as_completed(futures, timeout=30):
+        futures.remove(future)
+        ref = weakref.ref(future)
+        del future
+        gc.collect()
+        assert wait_for(lambda ref=ref: ref() is None, timeout=10), "a settled future was kept"
 
 
 def test_map_timeout_cancels_the_task_it_waited_for(make_pool, blocker, tmp_path):
