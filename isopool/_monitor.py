@@ -297,6 +297,37 @@ class Monitor:
             self._thread.join(timeout)
             self._resolver.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
+    def forget(self, task: Task[Any]) -> None:
+        """``task`` was cancelled while pending: drop it from the count at once."""
+        with self._lock:
+            self._pending.remove(task)
+
+    def signal_workers(self, sig: signal.Signals) -> None:
+        """``Pool.terminate_workers``/``kill_workers``: close, cancel queued, signal all.
+
+        Returns at once. Each worker's running task fails as a crash (never
+        restarted); calls queued behind it are cancelled. A worker that survives
+        SIGTERM gets SIGKILL after its task's grace (5 s if idle or brutal_kill).
+        """
+        with self._lock:
+            if self._state is State.RUNNING:
+                self._state = State.CLOSING
+            out = [Outcome.cancelled(t) for t in self._drain_queued_locked()]
+            now = time.monotonic()
+            for worker in self._workers:
+                for task in worker.tasks:
+                    task._kill_requested = True  # never restarted nor requeued
+                grace = worker.tasks[0].options.shutdown if worker.tasks else _RETIRE_GRACE
+                if worker.stop_reason is None:
+                    worker.stop_reason = "signalled"
+                    worker.kill_at = now + (_RETIRE_GRACE if grace == "brutal_kill" else grace)
+                if sig == signal.SIGKILL:
+                    worker.kill_at = None
+                if worker.pid is not None:
+                    signal_group(worker.pid, sig)
+        self._wake()
+        resolve(out)
+
     def stats(self) -> dict[str, int]:
         """Return counters: workers, pending, running, and totals since start."""
         with self._lock:
@@ -789,9 +820,10 @@ class Monitor:
         task._deadline = None
         task._started_at = None
         self._stats[outcome.stat] += 1
-        restartable = outcome.kind not in ("cancelled", "error") and self._state in (
-            State.RUNNING,
-            State.CLOSING,
+        restartable = (
+            outcome.kind not in ("cancelled", "error")
+            and not task._kill_requested  # a killed task is never restarted
+            and self._state in (State.RUNNING, State.CLOSING)
         )
         if not (restartable and should_restart(task.options.restart, outcome.exit)):
             out.append(outcome)
@@ -905,7 +937,12 @@ class Monitor:
             if task.done():
                 continue  # killed while queued there: already settled
             if index == 0 and task._started_at is not None:
-                if worker.stop_task is task or worker.stop_reason == "terminate":
+                if worker.stop_reason == "signalled":  # as the stdlib: BrokenProcessPool
+                    self._stats["crashed"] += 1
+                    error = Outcome.crashed(task, worker.pid, info).to_exception()
+                    if error is not None:  # always, for a crash
+                        out.append(Outcome.error(task, error))  # no restart, no WARNING
+                elif worker.stop_task is task or worker.stop_reason == "terminate":
                     self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
                 else:
                     crash = Outcome.crashed(task, worker.pid, info, worker.protocol_error)

@@ -9,7 +9,11 @@ interpreter's exit::
     submit(fn, *args)  -->  validate, pickle  -->  queue, dispatch  --> workers
     map(fn, items)     -->  a window of submits, refilled as results are taken
     shutdown()/with    -->  CLOSING: finish queued work, retire workers, CLOSED
-    Ctrl-C in `with`   -->  terminate: cancel queued, stop running, CLOSED
+    terminate()        -->  cancel queued, stop running tasks (cancelled), wait, CLOSED
+    terminate_workers()/kill_workers()  (Python 3.14's, on every Python)
+                       -->  cancel queued, SIGTERM/SIGKILL every worker, return at
+                            once; running tasks fail with TaskCrashError, CLOSED
+    Ctrl-C in `with`   -->  terminate
 
 At interpreter exit, a pool that was not shut down finishes its queued work (as
 ``ProcessPoolExecutor`` does), unless the program is exiting because of Ctrl-C, in
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import signal
 import sys
 import threading
 import time
@@ -35,7 +40,11 @@ from ._monitor import Monitor, State
 from ._policy import RestartIntensity
 from ._spec import (
     TaskOptions,
+    check_buffersize,
+    check_max_workers,
     check_positive_int,
+    check_seconds,
+    check_wait,
     resolve_function,
 )
 from ._task import Task
@@ -56,6 +65,10 @@ _live_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 _exit_callbacks: list[Callable[[], None]] = []
+# Set first thing at interpreter exit, as concurrent.futures' _global_shutdown: from
+# then on submit() raises, even on a pool that is still running (one made in an
+# atexit hook), with the stdlib's message.
+_interpreter_exiting = False
 _default_pool: Pool | None = None
 _default_lock = threading.Lock()
 
@@ -101,9 +114,19 @@ class Pool(Executor):
             (default 5.0), or "brutal_kill" for SIGKILL at once.
         name: A name for logs and thread names; default "pool-N".
 
+    Stopping, from gentle to abrupt: ``shutdown()`` lets queued and running
+    tasks finish; ``terminate()`` cancels queued tasks and stops running ones
+    (their futures are cancelled) and waits for the workers to be gone;
+    ``terminate_workers()`` and ``kill_workers()`` (Python 3.14's, on every
+    Python) cancel queued tasks, send SIGTERM or SIGKILL to every worker and
+    return at once, and the running tasks fail with ``TaskCrashError`` (a
+    ``BrokenProcessPool``), as in the stdlib. After any of them the pool takes
+    no new tasks.
+
     Raises:
         ValueError: a number is out of range, or an option is not one of its
-            allowed values; the message names the parameter and the value.
+            allowed values; the message names the parameter and the value
+            (``max_workers must be greater than 0, got 0``, as the stdlib says).
         TypeError: an argument has the wrong type.
 
     Example:
@@ -132,7 +155,7 @@ class Pool(Executor):
             from loky import cpu_count
 
             max_workers = cpu_count()
-        check_positive_int("max_workers", max_workers)
+        check_max_workers(max_workers)
         if max_tasks_per_child is not None:
             check_positive_int("max_tasks_per_child", max_tasks_per_child)
         if mp_context is not None and not isinstance(mp_context, BaseContext):
@@ -195,7 +218,9 @@ class Pool(Executor):
             The task's handle, a ``concurrent.futures.Future``.
 
         Raises:
-            PoolClosedError: the pool was shut down (a ``RuntimeError``).
+            PoolClosedError: the pool was shut down, or the interpreter is exiting
+                (a ``RuntimeError``: ``cannot schedule new futures after
+                interpreter shutdown``, as the stdlib says).
             BrokenPoolError: the pool is broken.
             ValueError: ``fn`` names a function that does not import.
             TypeError: ``fn`` is neither callable nor a string.
@@ -240,15 +265,18 @@ class Pool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
         """Return an iterator of ``fn`` applied to the items, in order.
 
         As ``Executor.map``: the results come in input order; ``timeout`` counts
         from this call; the first task exception is raised when its result is
-        reached; leaving the iterator early cancels what has not started.
+        reached; leaving the iterator early cancels what has not started. The
+        iterator keeps no reference to a result it has yielded.
 
-        Unlike the stdlib, the input is consumed lazily: at most a window of
-        ``32 * max_workers`` chunks is in flight, so an endless iterable works.
+        Unlike the stdlib (before 3.14's ``buffersize``), the input is always
+        consumed lazily: without ``buffersize``, at most a window of
+        ``32 * max_workers`` tasks is in flight, so an endless iterable works.
 
         Args:
             fn: A callable or ``"package.module:function"``.
@@ -256,12 +284,18 @@ class Pool(Executor):
             timeout: Seconds from this call after which ``next()`` raises
                 ``TimeoutError``; None to wait for ever.
             chunksize: Items sent to a worker per task (>= 1).
+            buffersize: As Python 3.14's: at most this many tasks (chunks) are
+                submitted whose results have not been yielded yet; the input is
+                read only as results are taken. None: the window above.
 
         Raises:
             TimeoutError: a result was not ready in time.
-            ValueError: ``chunksize`` is below 1.
+            ValueError: ``chunksize`` is below 1; ``buffersize`` is below 1
+                (``buffersize must be None or > 0``); ``timeout`` is NaN or
+                infinite.
+            TypeError: ``buffersize`` is not an int or None.
         """
-        return self._map(fn, iterables, timeout, chunksize, self._options)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no new tasks, and free the workers once queued tasks are done.
@@ -277,16 +311,50 @@ class Pool(Executor):
         """Stop everything now: cancel queued tasks and stop running ones.
 
         Running tasks get SIGTERM, then SIGKILL after their ``shutdown`` grace,
-        and their futures are cancelled. Waits at most ``timeout`` seconds.
+        and their futures are cancelled (``CancelledError``); idle workers exit.
+        Waits at most ``timeout`` seconds (None: until every worker is gone).
+        Unlike ``terminate_workers``, the futures of running tasks are cancelled
+        rather than failed, and the call waits.
+
+        Raises:
+            ValueError: ``timeout`` is negative, NaN or infinite.
         """
-        self._monitor.terminate(timeout)
+        self._monitor.terminate(check_seconds("timeout", timeout))
+
+    def terminate_workers(self) -> None:
+        """Send SIGTERM to every worker now, as Python 3.14's ``ProcessPoolExecutor``.
+
+        The pool is shut down first (``shutdown(wait=False, cancel_futures=True)``):
+        queued tasks are cancelled and no new ones are taken. Each worker, busy or
+        idle, gets SIGTERM (with its process group); the task it was running fails
+        with ``TaskCrashError`` (a ``BrokenProcessPool``, ``.signal == "SIGTERM"``)
+        and is never restarted, whatever its ``restart`` policy. A result that
+        arrived before the signal landed is kept. Returns at once, without waiting
+        for the workers to exit (``shutdown()`` waits).
+
+        Beyond the stdlib, which can leave a worker that ignores SIGTERM running:
+        a worker still alive after its task's ``shutdown`` grace (5 s when idle or
+        when that is ``"brutal_kill"``) gets SIGKILL. On a closed or broken pool,
+        this does nothing.
+        """
+        self._monitor.signal_workers(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Send SIGKILL to every worker now, as Python 3.14's ``ProcessPoolExecutor``.
+
+        As ``terminate_workers``, with SIGKILL: queued tasks are cancelled, running
+        ones fail with ``TaskCrashError`` (``.signal == "SIGKILL"``), and the call
+        returns at once.
+        """
+        self._monitor.signal_workers(signal.SIGKILL)
 
     def stats(self) -> dict[str, int]:
         """Return the pool's counters.
 
         Keys: workers, pending, running (now); submitted, completed, failed,
         crashed, timed_out, killed, restarted, workers_started, workers_replaced
-        (totals since the pool started).
+        (totals since the pool started). ``pending`` counts the tasks still
+        waiting to run: a cancelled or killed task leaves it at once.
         """
         return self._monitor.stats()
 
@@ -323,12 +391,18 @@ class Pool(Executor):
                 self._names[fn] = None
         elif not callable(fn):
             raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
-        if self._monitor.state is not State.RUNNING:
-            self._monitor.submit_check()
+        if self._monitor.state is not State.RUNNING or _interpreter_exiting:
+            self._check_open()
         task = self._monitor.new_task(fn, args, kwargs, options, intensity)
         task._label = label
         self._monitor.submit(task)
         return task
+
+    def _check_open(self) -> None:
+        if _interpreter_exiting and self._monitor.state is not State.BROKEN:
+            # concurrent.futures' exact words (its _global_shutdown check).
+            raise PoolClosedError("cannot schedule new futures after interpreter shutdown")
+        self._monitor.submit_check()
 
     def _map(
         self,
@@ -336,13 +410,16 @@ class Pool(Executor):
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
         chunksize: int,
+        buffersize: int | None,
         options: TaskOptions,
     ) -> Iterator[R]:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"chunksize must be an integer, got {chunksize!r}")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        end_time = None if timeout is None else timeout + time.monotonic()
+        buffersize = check_buffersize(buffersize)
+        wait = check_wait("timeout", timeout)
+        end_time = None if wait is None else wait + time.monotonic()
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if chunksize == 1:
 
@@ -358,7 +435,7 @@ class Pool(Executor):
                     return None
                 return self._submit(run_chunk, (fn, chunk), {}, options)
 
-        window = _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
+        window = buffersize or _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
         first: collections.deque[Task[Any]] = collections.deque()
         while len(first) < window and (task := submit_next()) is not None:
             first.append(task)
@@ -371,25 +448,44 @@ def _map_results(
     end_time: float | None,
     chunked: bool,
 ) -> Iterator[Any]:
-    """Yield results in order, topping the window up as each one is taken."""
+    """Yield results in order, topping the window up as each one is taken.
+
+    Holds no reference to a result once it is yielded (as the stdlib's
+    ``_result_or_cancel`` and ``_chain_from_iterable_of_lists``): the Task and the
+    value are dropped before each ``yield``, so the consumer alone decides how
+    long a (possibly large) result lives.
+    """
     exhausted = False
     try:
         while in_flight:
-            task = in_flight.popleft()
             if not exhausted:
                 more = submit_next()
                 if more is None:
                     exhausted = True
                 else:
                     in_flight.append(more)
-            result = task.result() if end_time is None else task.result(end_time - time.monotonic())
             if chunked:
-                yield from result
+                values: list[Any] = _take_result(in_flight, end_time)
+                values.reverse()
+                while values:
+                    yield values.pop()
             else:
-                yield result
+                yield _take_result(in_flight, end_time)
     finally:
         for task in in_flight:
             task._cancel_nowait()
+
+
+def _take_result(in_flight: collections.deque[Task[Any]], end_time: float | None) -> Any:  # noqa: ANN401 - a task's value
+    """Pop the oldest task and return its result; cancel it if that raises (time-out)."""
+    task = in_flight.popleft()
+    try:
+        return task.result() if end_time is None else task.result(end_time - time.monotonic())
+    except BaseException:
+        task.cancel()  # a time-out leaves it queued otherwise (the stdlib cancels it too)
+        raise
+    finally:
+        del task  # the popped Task must not outlive this call: it holds the result
 
 
 class PoolOptions:
@@ -427,10 +523,11 @@ class PoolOptions:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
-        """As ``Pool.map``, with this view's settings."""
+        """As ``Pool.map`` (``buffersize`` included), with this view's settings."""
         _refuse_permanent(self._options, "map")
-        return self._pool._map(fn, iterables, timeout, chunksize, self._options)
+        return self._pool._map(fn, iterables, timeout, chunksize, buffersize, self._options)
 
     def options(self, **changes: object) -> PoolOptions:
         """Return a view with ``changes`` applied on top of this one's settings."""
@@ -489,6 +586,8 @@ def at_exit(callback: Callable[[], None]) -> None:
 
 def _at_exit() -> None:
     """Finish every pool's queued work, or stop it at once after Ctrl-C."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
     for callback in list(_exit_callbacks):
         callback()
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)

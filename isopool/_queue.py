@@ -1,14 +1,17 @@
 """The in-process queues of waiting tasks: pending (by priority, then FIFO) and delayed.
 
 Not thread-safe: the monitor's lock guards them. Removal is lazy (an entry is
-skipped when popped), so cancelling a waiting task is O(1).
+skipped when popped), so cancelling a waiting task is O(1); the counts are exact all
+the same (``len`` is what ``Pool.stats()`` reports as pending), and the dead entries
+are swept out once they outnumber the live ones, so a queue whose tasks are cancelled
+faster than workers pop it does not keep their Tasks alive.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 __all__ = ["DelayedQueue", "PendingQueue", "Queued"]
 
@@ -22,6 +25,10 @@ class Queued(Protocol):
 
 
 T = TypeVar("T", bound=Queued)
+
+# Sweep dead entries when there are more than this many and more than live ones: the
+# sweep is O(n), so doing it only past twice the live count keeps removal amortized O(1).
+_SWEEP_MIN: Final = 64
 
 
 class PendingQueue(Generic[T]):
@@ -73,6 +80,10 @@ class PendingQueue(Generic[T]):
             return False
         item.queued = False
         self._live -= 1
+        dead = len(self._heap) - self._live
+        if dead > _SWEEP_MIN and dead > self._live:
+            self._heap = [entry for entry in self._heap if entry[2].queued]
+            heapq.heapify(self._heap)
         return True
 
     def drain(self) -> list[T]:
@@ -91,20 +102,19 @@ class DelayedQueue(Generic[T]):
     removal rules apply: ``remove`` marks it, ``release`` skips it.
     """
 
-    __slots__ = ("_heap",)
+    __slots__ = ("_heap", "_live")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, T]] = []
+        self._live = 0
 
     def __len__(self) -> int:
-        return sum(1 for entry in self._heap if entry[2].queued)
-
-    def __bool__(self) -> bool:
-        return any(entry[2].queued for entry in self._heap)
+        return self._live
 
     def push(self, due: float, item: T) -> None:
         """Hold ``item`` until ``due`` (a monotonic time)."""
         item.queued = True
+        self._live += 1
         heapq.heappush(self._heap, (due, item.seq, item))
 
     def remove(self, item: T) -> bool:
@@ -112,6 +122,7 @@ class DelayedQueue(Generic[T]):
         if not item.queued or not any(entry[2] is item for entry in self._heap):
             return False
         item.queued = False
+        self._live -= 1
         return True
 
     def next_due(self) -> float:
@@ -125,6 +136,7 @@ class DelayedQueue(Generic[T]):
             item = heapq.heappop(self._heap)[2]
             if item.queued:
                 item.queued = False
+                self._live -= 1
                 released.append(item)
         return released
 
@@ -134,4 +146,5 @@ class DelayedQueue(Generic[T]):
         for item in items:
             item.queued = False
         self._heap.clear()
+        self._live = 0
         return items

@@ -12,18 +12,24 @@ import dataclasses
 import importlib
 import math
 import re
+import sys
 from collections.abc import Callable
 from typing import Final, Literal
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "MAX_MEMORY_LIMIT",
     "MAX_PRIORITY",
+    "MAX_SECONDS",
     "Restart",
     "ShutdownTimeout",
     "TaskOptions",
+    "check_buffersize",
     "check_duration",
+    "check_max_workers",
     "check_positive_int",
     "check_seconds",
+    "check_wait",
     "describe_function",
     "parse_memory_limit",
     "resolve_function",
@@ -41,6 +47,15 @@ RESTARTS: Final = ("temporary", "transient", "permanent")
 # ten bands (0 most urgent) is what Celery and most brokers offer.
 MAX_PRIORITY: Final = 9
 DEFAULT_PRIORITY: Final = 5
+
+# The longest duration accepted anywhere: about 31.7 years, longer than any real wait,
+# and far enough under threading.TIMEOUT_MAX (292 years on Linux) that a deadline plus
+# a stop's grace and margin never overflows Lock.acquire or epoll (OverflowError).
+MAX_SECONDS: Final = 1e9
+
+# setrlimit() takes a C long (RLIM_INFINITY, 2**64 - 1, is "no limit" and does not fit
+# one): a memory_limit above this could never be applied in the worker.
+MAX_MEMORY_LIMIT: Final = sys.maxsize
 
 _UNITS: Final = {
     "": 1,
@@ -61,12 +76,15 @@ _UNITS: Final = {
 _MEMORY_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def check_seconds(name: str, value: object) -> float | None:
+def check_seconds(name: str, value: object, *, none_allowed: bool = True) -> float | None:
     """Return ``value`` as float seconds, or raise naming ``name``.
+
+    NaN, infinities and anything above ``MAX_SECONDS`` are refused: None (where
+    allowed) is how isopool spells "no limit", never ``math.inf``.
 
     Raises:
         TypeError: ``value`` is neither a number nor None.
-        ValueError: ``value`` is negative or not finite.
+        ValueError: ``value`` is negative, NaN, infinite or above ``MAX_SECONDS``.
     """
     if value is None:
         return None
@@ -75,9 +93,15 @@ def check_seconds(name: str, value: object) -> float | None:
     try:
         seconds = float(value)
     except OverflowError:
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}") from None
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
+        seconds = math.inf
+    if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    if seconds > MAX_SECONDS:
+        hint = "; use None for no limit" if none_allowed else ""
+        raise ValueError(
+            f"{name} must be a non-negative number of seconds up to 1e9 (31 years), "
+            f"got {value!r}{hint}"
+        )
     return seconds
 
 
@@ -85,8 +109,50 @@ def check_duration(name: str, value: object) -> float:
     """Return ``value`` as float seconds (None not allowed), or raise naming ``name``."""
     if value is None:
         raise TypeError(f"{name} must be a number of seconds, got None")
-    seconds = check_seconds(name, value)
+    seconds = check_seconds(name, value, none_allowed=False)
     return 0.0 if seconds is None else seconds
+
+
+def check_wait(name: str, value: object) -> float | None:
+    """Return a ``Future.result``-style wait in seconds: None, or a number.
+
+    As in ``concurrent.futures``, a negative wait is allowed and means "do not
+    block" (``Executor.map`` passes what is left of its time-out, which may be
+    below zero). NaN, infinities and waits above ``MAX_SECONDS`` are refused.
+
+    Raises:
+        TypeError: ``value`` is neither a number nor None.
+        ValueError: ``value`` is NaN, infinite or above ``MAX_SECONDS``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return 0.0  # what Condition.wait does with any negative time-out
+    return check_seconds(name, value)
+
+
+def check_max_workers(value: object) -> int:
+    """Return ``value`` if it is a worker count >= 1, with the stdlib's wording."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_workers must be an integer, got {value!r}")
+    if value <= 0:
+        # ProcessPoolExecutor's own words, so code matching its message still matches.
+        raise ValueError(f"max_workers must be greater than 0, got {value!r}")
+    return value
+
+
+def check_buffersize(value: object) -> int | None:
+    """Return ``Executor.map``'s ``buffersize`` (Python 3.14): None or an int >= 1.
+
+    The messages begin with 3.14's words; like 3.14, a bool passes as an int.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, int):
+        raise TypeError(f"buffersize must be an integer or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"buffersize must be None or > 0, got {value!r}")
+    return int(value)
 
 
 def check_positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -133,7 +199,8 @@ def parse_memory_limit(value: object) -> int | None:
 
     Raises:
         TypeError: ``value`` is neither None, an int nor a str.
-        ValueError: the string does not parse, or the limit is below 1 MiB.
+        ValueError: the string does not parse, or the limit is below 1 MiB or above
+            ``MAX_MEMORY_LIMIT`` (the most ``setrlimit`` takes).
     """
     if value is None:
         return None
@@ -148,9 +215,15 @@ def parse_memory_limit(value: object) -> int | None:
             raise ValueError(
                 f"memory_limit must be bytes or a string like '512MB' or '2GiB', got {value!r}"
             )
-        limit = int(float(match.group(1)) * _UNITS[unit])
+        number = float(match.group(1))  # inf for a 400-digit string: refused below
+        limit = int(number * _UNITS[unit]) if number <= MAX_MEMORY_LIMIT else MAX_MEMORY_LIMIT + 1
     if limit < 1024**2:
         raise ValueError(f"memory_limit must be at least 1 MiB, got {value!r}")
+    if limit > MAX_MEMORY_LIMIT:
+        raise ValueError(
+            f"memory_limit must be at most {MAX_MEMORY_LIMIT} bytes (the most setrlimit "
+            f"accepts; None for no limit), got {value!r}"
+        )
     return limit
 
 

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, Ty
 
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
-from ._spec import ShutdownTimeout, TaskOptions, check_seconds, check_shutdown
+from ._spec import (
+    MAX_SECONDS,
+    ShutdownTimeout,
+    TaskOptions,
+    check_seconds,
+    check_shutdown,
+    check_wait,
+)
 
 if TYPE_CHECKING:
     from ._outcome import Defer
@@ -126,6 +133,9 @@ class _Owner(Protocol):
     def take_back(self, task: Task[Any], wait: bool) -> bool:
         """Take back a call written to a worker but not started; see ``Task.cancel``."""
 
+    def forget(self, task: Task[Any]) -> None:
+        """``task`` was cancelled while queued: take it out of the pending queue."""
+
 
 class _Finished:
     """The owner of ``Task.completed`` tasks: there is nothing to stop."""
@@ -142,6 +152,9 @@ class _Finished:
 
     def take_back(self, task: Task[Any], wait: bool) -> bool:
         return False
+
+    def forget(self, task: Task[Any]) -> None:
+        pass
 
 
 class Task(Future[R], Generic[R]):
@@ -284,20 +297,44 @@ class Task(Future[R], Generic[R]):
         As ``Future.cancel``, with one addition: a call already written to a worker
         but queued there behind another call has not started, so it is taken back
         from the worker (one round trip, about a millisecond; at most half a second
-        when the worker's running task holds the GIL) and the task is cancelled.
+        when the worker's running task holds the GIL) and the task is cancelled. A
+        cancelled task leaves its pool's pending queue at once, so
+        ``Pool.stats()["pending"]`` stops counting it. To stop a running task, use
+        ``kill()``.
+
+        Returns:
+            True if the task is cancelled; False if it is running or finished.
         """
-        if super().cancel():
+        if self._cancel_queued():
             return True
         return self._owner.take_back(self, True)
 
     def _cancel_nowait(self) -> None:
         """Cancel as ``cancel()`` does, without waiting for a worker's answer."""
-        if not super().cancel():
+        if not self._cancel_queued():
             self._owner.take_back(self, False)
 
+    def _cancel_queued(self) -> bool:
+        """``Future.cancel``: True if the task had not been handed to a worker."""
+        if not super().cancel():
+            return False
+        self._payload = b""
+        # Only a queued task has anything to forget; an unqueued one may be cancelled
+        # by the monitor itself, under the lock that forget() takes.
+        if self.queued:
+            self._owner.forget(self)
+        return True
+
     def result(self, timeout: float | None = None) -> R:
-        """As ``Future.result``: the task's return value, or raise its exception."""
+        """As ``Future.result``: the task's return value, or raise its exception.
+
+        Raises:
+            ValueError: ``timeout`` is NaN, infinite or above 1e9 seconds (None waits
+                for ever; a negative time-out does not block, as in the stdlib).
+        """
         self._retrieved = True
+        if timeout is not None:
+            timeout = check_wait("timeout", timeout)
         if self._settle is None and self._state == FINISHED:
             return super().result(0)  # the fast path: already settled
         super().exception(timeout)  # waits; raises CancelledError or TimeoutError
@@ -305,8 +342,14 @@ class Task(Future[R], Generic[R]):
         return super().result(0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """As ``Future.exception``: the task's exception, or None."""
+        """As ``Future.exception``: the task's exception, or None.
+
+        Raises:
+            ValueError: ``timeout`` is NaN, infinite or above 1e9 seconds.
+        """
         self._retrieved = True
+        if timeout is not None:
+            timeout = check_wait("timeout", timeout)
         super().exception(timeout)
         self._settle_now()
         return super().exception(0)
@@ -593,6 +636,7 @@ class Task(Future[R], Generic[R]):
             self._settle = settle
             self._settle_lock = threading.Lock()
             self._state = FINISHED
+            self._payload = b""  # settled for good: it never runs again
             for waiter in self._waiters:
                 if is_error:
                     waiter.add_exception(self)
@@ -609,6 +653,7 @@ class Task(Future[R], Generic[R]):
                 return False
             already_cancelled = self._state == CANCELLED  # cancel() ran its callbacks
             self._state = CANCELLED_AND_NOTIFIED
+            self._payload = b""
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
@@ -637,7 +682,7 @@ class Task(Future[R], Generic[R]):
     def _wait_stopped(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""
         with contextlib.suppress(CancelledError, TimeoutError):
-            self.exception(timeout)
+            self.exception(min(timeout, MAX_SECONDS))  # a grace near the bound, plus margin
 
 
 _FINISHED = _Finished()

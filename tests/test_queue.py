@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 
-from isopool._queue import PendingQueue
+from isopool._queue import DelayedQueue, PendingQueue
 
 _seqs = itertools.count(1)
 
@@ -171,3 +173,47 @@ def test_queue_after_drain_takes_new_items():
     queue.push(item)
     assert len(queue) == 1
     assert queue.pop() is item
+
+
+def test_len_leaves_out_removed_items_at_once():
+    """len() drops a removed item at once, before any pop reaches its entry."""
+    queue: PendingQueue[Item] = PendingQueue()
+    items = [Item(5) for _ in range(5)]
+    for item in items:
+        queue.push(item)
+    for item in items[:3]:
+        queue.remove(item)
+    assert len(queue) == 2
+
+
+def test_removed_items_are_not_kept_alive_by_the_heap():
+    """Dead entries are swept once they outnumber live ones: removed items are freed."""
+    queue: PendingQueue[Item] = PendingQueue()
+    items = [Item(5) for _ in range(200)]
+    for item in items:
+        queue.push(item)
+    refs = [weakref.ref(item) for item in items[:150]]
+    for item in items[:150]:
+        queue.remove(item)
+    del items[:150], item
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) <= 64
+    assert len(pop_all(queue)) == 50
+
+
+def test_delayed_len_counts_live_items_only():
+    """DelayedQueue's len() leaves out removed and released items."""
+    delayed: DelayedQueue[Item] = DelayedQueue()
+    a, b, c = Item(5, "a"), Item(5, "b"), Item(5, "c")
+    delayed.push(1.0, a)
+    delayed.push(2.0, b)
+    delayed.push(3.0, c)
+    assert len(delayed) == 3
+    assert delayed.remove(b)
+    assert len(delayed) == 2
+    assert delayed.release(1.5) == [a]
+    assert len(delayed) == 1
+    assert bool(delayed)
+    assert delayed.drain() == [c]
+    assert len(delayed) == 0
+    assert not delayed

@@ -420,3 +420,100 @@ def test_task_options_bad_retry_option_raises_naming_it(kwargs, error, name):
     """max_retries and backoff are validated like every other option."""
     with pytest.raises(error, match=name):
         TaskOptions.build(**kwargs)
+
+
+# -- the bounds of durations, waits, worker counts, buffersize and memory -----------------
+
+
+def test_check_seconds_max_seconds_is_accepted():
+    """MAX_SECONDS itself (1e9 s, about 31 years) is a valid duration."""
+    assert _spec.check_seconds("timeout", _spec.MAX_SECONDS) == _spec.MAX_SECONDS
+
+
+def test_check_seconds_above_max_seconds_raises_value_error_suggesting_none():
+    """Past MAX_SECONDS, a time-out that may be None says to use None for no limit."""
+    with pytest.raises(ValueError, match=r"timeout must be .* up to 1e9.*use None for no limit"):
+        _spec.check_seconds("timeout", _spec.MAX_SECONDS * 2)
+
+
+def test_check_duration_inf_raises_value_error_without_suggesting_none():
+    """A duration that may not be None does not suggest None."""
+    with pytest.raises(ValueError, match=r"^shutdown must be") as info:
+        _spec.check_duration("shutdown", math.inf)
+    assert "None" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), (0, 0.0), (2, 2.0), (-1, 0.0), (-math.inf, 0.0), (-(10**400), 0.0)],
+    ids=["none", "zero", "int", "negative", "minus-inf", "huge-negative"],
+)
+def test_check_wait_valid_value_returns_seconds(value, expected):
+    """Waits as Future.result takes them: None, numbers, negatives meaning "do not block"."""
+    assert _spec.check_wait("timeout", value) == expected
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e300], ids=["nan", "inf", "huge"])
+def test_check_wait_nan_or_unbounded_raises_value_error_naming_it(value):
+    """NaN, inf and waits past MAX_SECONDS are refused, naming the parameter."""
+    with pytest.raises(ValueError, match=r"^timeout must be"):
+        _spec.check_wait("timeout", value)
+
+
+@pytest.mark.parametrize("value", [True, "1"], ids=["bool", "str"])
+def test_check_wait_wrong_type_raises_type_error_naming_it(value):
+    """A wait that is not a number raises TypeError naming the parameter."""
+    with pytest.raises(TypeError, match="timeout must be a number of seconds"):
+        _spec.check_wait("timeout", value)
+
+
+@pytest.mark.parametrize("value", [0, -1], ids=["zero", "negative"])
+def test_check_max_workers_below_one_raises_value_error_in_the_stdlib_words(value):
+    """max_workers <= 0 says what ProcessPoolExecutor says, and the value."""
+    with pytest.raises(ValueError, match=rf"^max_workers must be greater than 0, got {value}$"):
+        _spec.check_max_workers(value)
+
+
+@pytest.mark.parametrize("value", [True, 2.0, "2"], ids=["bool", "float", "str"])
+def test_check_max_workers_wrong_type_raises_type_error(value):
+    """A worker count that is not an int raises TypeError naming max_workers."""
+    with pytest.raises(TypeError, match="max_workers must be an integer"):
+        _spec.check_max_workers(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), (1, 1), (10, 10), (True, 1)], ids=str
+)
+def test_check_buffersize_valid_value_is_returned(value, expected):
+    """None or an int >= 1; a bool passes as an int, as in Python 3.14."""
+    assert _spec.check_buffersize(value) == expected
+
+
+@pytest.mark.parametrize("value", ["foo", 2.0], ids=["str", "float"])
+def test_check_buffersize_wrong_type_raises_3_14_type_error(value):
+    """A non-int buffersize raises TypeError with 3.14's words."""
+    with pytest.raises(TypeError, match=r"^buffersize must be an integer or None"):
+        _spec.check_buffersize(value)
+
+
+@pytest.mark.parametrize("value", [0, -1, False], ids=["zero", "negative", "false"])
+def test_check_buffersize_below_one_raises_3_14_value_error(value):
+    """A buffersize below 1 raises ValueError with 3.14's words and the value."""
+    with pytest.raises(ValueError, match=r"^buffersize must be None or > 0, got "):
+        _spec.check_buffersize(value)
+
+
+def test_parse_memory_limit_max_is_accepted():
+    """The largest limit setrlimit takes is accepted."""
+    assert _spec.parse_memory_limit(_spec.MAX_MEMORY_LIMIT) == _spec.MAX_MEMORY_LIMIT
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_spec.MAX_MEMORY_LIMIT + 1, 10**30, "99999999TB", "9" * 400 + "MB"],
+    ids=["max-plus-one", "10**30", "huge-string", "400-digit-string"],
+)
+def test_parse_memory_limit_beyond_setrlimit_raises_value_error_naming_it(value):
+    """A limit setrlimit could never apply is refused with ValueError (never OverflowError)."""
+    with pytest.raises(ValueError, match="memory_limit must be at most"):
+        _spec.parse_memory_limit(value)
