@@ -10,13 +10,16 @@ Who owns what, and who reads what::
     (non-blocking; the rest waits in        lock; read frames; settle runs; pin each
     the worker's out buffer); unlock        death on the task its worker held; ask
                                             _policy whether to restart; replace the
-                                            worker; dispatch; unlock; then resolve
-                                            futures and log, outside the lock.
+                                            worker; dispatch; unlock; then finish
+                                            futures (no user code: see _outcome).
+    cancel()/kill() of a call queued on     resolver thread  isopool-resolver[NAME]
+    a worker: REVOKE it (take_back)         done-callbacks and crash logs (user code)
 
     parent                        fork server                    worker k
-    call_w[k]   --- CALL frames ------------------------------>  call_r[k]
-    result_r[k] <-- RESULT / ERROR / BAD_PAYLOAD frames -------  result_w[k]
-    sock        <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
+    call_w[k]    --- CALL frames ----------------------------->  call_r[k]    main thread
+    control_w[k] --- cookie, then REVOKE n -------------------->  control_r[k] watcher thread
+    result_r[k]  <-- RESULT / ERROR / BAD_PAYLOAD / REVOKED ---  result_w[k]  (both, locked)
+    sock         <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
 
 Each worker runs its calls in order; ``WorkerHandle.tasks`` mirrors that order, so the
 head is the task it is running. The task id travels in every frame header, so a
@@ -24,18 +27,24 @@ payload that will not unpickle, or a worker that dies, fails exactly one task: t
 head. Tasks queued behind it on that worker never started; they go back to the
 pending queue without counting as attempts.
 
-Futures are resolved outside the lock because ``set_result`` runs done-callbacks,
-which may call ``submit`` (the lock is not re-entrant) and because unpickling a
-result may run arbitrary code. The lock is held only for bookkeeping and for
-non-blocking pipe I/O.
+Futures are finished outside the lock, and without running user code: a future
+becomes done here, its value is unpickled by whoever asks for it, and done-callbacks
+(which may call ``submit``: the lock is not re-entrant) run on the resolver thread.
+The lock is held only for bookkeeping and for non-blocking pipe I/O.
 
 Dispatch pipelines: when recent tasks ran for under ``_FAST_TASK`` seconds, up to
 ``_PIPELINE_DEPTH`` calls are written to a worker at once (one syscall), so a burst
-of tiny tasks is not paced by round trips. The trade-off: a call already written to
-a worker waits for the calls before it there, so a slow task arriving after a run of
-fast ones can hold up to ``_PIPELINE_DEPTH - 1`` calls behind it while another
-worker idles (ProcessPoolExecutor queues one extra call per worker for the same
-reason). Once slow tasks dominate the mean, each worker gets one call at a time.
+of tiny tasks is not paced by round trips. A call written to a worker has not
+started until the calls before it there have run, and can be taken back: the
+parent numbers the calls it writes to each worker, and REVOKE n on the worker's
+control pipe asks it not to start call n. The worker's watcher thread answers at
+once (REVOKED, on the result pipe, ordered before the replies of any later call):
+"it will never run" or "too late, it started". So ``kill()`` and ``cancel()`` of a
+queued call return at once, and when a worker is idle with nothing pending, the
+calls queued behind a call that has run for ``_STEAL_AFTER`` (and ten times the
+recent mean) go back to the pending queue and on to the idle worker: no call waits
+behind a slow one while a worker has nothing to do. Nothing more is queued behind
+such a slow call meanwhile.
 """
 
 from __future__ import annotations

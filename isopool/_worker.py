@@ -1,10 +1,17 @@
 """The worker process's main loop: read a call frame, run it, write a result frame.
 
-A worker is forked from the fork server with two pipe ends: ``call_fd`` (frames from
-the parent) and ``result_fd`` (frames to the parent); nobody else holds them, so EOF
-on ``call_fd`` means the parent is gone or wants the worker to exit. Calls run one at
-a time, in the order they arrive. User prints go to the inherited stdout/stderr,
-never to the result pipe, so they cannot corrupt the channel.
+A worker is forked from the fork server with three pipe ends: ``call_fd`` (frames
+from the parent), ``result_fd`` (frames to the parent) and ``control_fd`` (its frame
+cookie, then REVOKE requests); nobody else holds them, so EOF on ``call_fd`` means
+the parent is gone or wants the worker to exit. Calls run one at a time, in the order
+they arrive, on the main thread. A watcher thread (``isopool-revoker``) reads the
+control pipe while a call runs and answers REVOKEs of calls queued behind it (see
+``_Revocations``); workers of ``max_tasks_per_child=1`` have none. Because of that
+thread, a task that calls ``os.fork()`` on Python 3.12+ triggers the interpreter's
+DeprecationWarning about forking a multi-threaded process (hidden by default; the
+thread holds no lock that a forked child could need). User prints go to the
+inherited stdout/stderr, never to the result pipe, so they cannot corrupt the
+channel; bytes a task writes there anyway lack the worker's cookie and are reported.
 
 What the worker does with each failure, so that the parent can pin it on one task:
 
