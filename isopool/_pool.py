@@ -218,9 +218,9 @@ class Pool(Executor):
             The task's handle, a ``concurrent.futures.Future``.
 
         Raises:
-            PoolClosedError: the pool was shut down, or the interpreter is exiting
-                (a ``RuntimeError``: ``cannot schedule new futures after
-                interpreter shutdown``, as the stdlib says).
+            PoolClosedError: the pool was shut down (a ``RuntimeError``).
+            RuntimeError: the interpreter is exiting: ``cannot schedule new futures
+                after interpreter shutdown``, the stdlib's type and words.
             BrokenPoolError: the pool is broken.
             ValueError: ``fn`` names a function that does not import.
             TypeError: ``fn`` is neither callable nor a string.
@@ -400,8 +400,9 @@ class Pool(Executor):
 
     def _check_open(self) -> None:
         if _interpreter_exiting and self._monitor.state is not State.BROKEN:
-            # concurrent.futures' exact words (its _global_shutdown check).
-            raise PoolClosedError("cannot schedule new futures after interpreter shutdown")
+            # concurrent.futures' exact type and words (its _global_shutdown check), so
+            # the traceback reads "RuntimeError: cannot schedule new futures ...".
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self._monitor.submit_check()
 
     def _map(

@@ -19,6 +19,7 @@ This module knows nothing of sockets, pipes or processes.
 
 from __future__ import annotations
 
+import concurrent.futures.process as _futures_process
 import contextlib
 import io
 import pickle
@@ -53,6 +54,7 @@ __all__ = [
     "find_type",
     "loads_exception",
     "pack_header",
+    "remote_traceback",
 ]
 
 VERSION: Final = 1
@@ -263,15 +265,17 @@ def dumps_call(
     return dumps((fn, args, kwargs, memory_limit))
 
 
-class RemoteTraceback(Exception):
-    """The worker-side traceback of a task's exception, chained as its ``__cause__``."""
+# The worker-side traceback of a task's exception, chained as its ``__cause__``: the
+# stdlib's own class (``concurrent.futures.process._RemoteTraceback``, whose ``.tb`` is
+# the quoted text and whose str() is that text), so code and tests written for
+# ProcessPoolExecutor that check ``type(exc.__cause__)`` keep working.
+RemoteTraceback = _futures_process._RemoteTraceback
 
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
 
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
+def remote_traceback(tb: str) -> BaseException:
+    """The ``__cause__`` for a task exception whose worker traceback is ``tb``."""
+    cause: BaseException = RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]  # typeshed says TracebackType; the stdlib passes this text
+    return cause
 
 
 def format_exception(exc: BaseException) -> str:
@@ -353,7 +357,7 @@ def loads_exception(payload: Payload) -> BaseException:
 
 def attach_traceback(exc: BaseException, tb: str) -> None:
     """Chain ``RemoteTraceback(tb)`` to ``exc`` as its cause, or else as a note."""
-    remote = RemoteTraceback(tb)
+    remote = remote_traceback(tb)
     for setter in (setattr, object.__setattr__):
         try:
             setter(exc, "__cause__", remote)

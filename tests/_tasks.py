@@ -271,7 +271,9 @@ def record_start(path, label):
 
 def ready_then_wait_for_gate(ready, gate, timeout=60.0):
     """Write ``ready``, then block until ``gate`` exists (or ``timeout`` s): a blocker."""
-    Path(ready).write_text(str(os.getpid()))
+    partial = Path(f"{ready}.partial")  # atomic: a reader never sees it empty
+    partial.write_text(str(os.getpid()))
+    partial.rename(ready)
     deadline = time.monotonic() + timeout
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.01)

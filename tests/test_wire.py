@@ -242,7 +242,7 @@ def test_loads_exception_chains_remote_traceback_as_cause():
 
 def test_remote_traceback_str_quotes_the_text():
     """RemoteTraceback prints the worker's traceback between triple quotes."""
-    assert str(RemoteTraceback("Traceback: here\n")) == '\n"""\nTraceback: here\n"""'
+    assert str(_wire.remote_traceback("Traceback: here\n")) == '\n"""\nTraceback: here\n"""'
 
 
 def test_dumps_exception_unpicklable_returns_the_pickling_error():
@@ -315,7 +315,7 @@ def test_format_exception_includes_the_traceback():
 
 @pytest.mark.parametrize(
     ("cls", "expected"),
-    [(ValueError, "ValueError"), (RemoteTraceback, "isopool._wire.RemoteTraceback")],
+    [(ValueError, "ValueError"), (RemoteTraceback, "concurrent.futures.process._RemoteTraceback")],
     ids=["builtin", "module-class"],
 )
 def test_qualified_name_names_module_and_class(cls, expected):
