@@ -62,7 +62,13 @@ from ._errors import (
 from ._handle import WorkerHandle
 from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
-from ._process import ForkServer, decode_exit, signal_group
+from ._process import (
+    ForkServer,
+    decode_exit,
+    describe_spawn_failure,
+    describe_start_failure,
+    signal_group,
+)
 from ._queue import DelayedQueue, PendingQueue
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
@@ -131,8 +137,12 @@ class Monitor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._register(self._wake_r, _WAKE, None, select.EPOLLIN)
-        for _ in range(max_workers):
-            self._add_worker_locked()
+        try:
+            for _ in range(max_workers):
+                self._add_worker_locked()
+        except OSError:  # out of descriptors: Pool() fails and leaves nothing open
+            self._close_unstarted()
+            raise
         self._thread = threading.Thread(
             target=self._run, name=f"isopool-monitor[{name}]", daemon=True
         )
@@ -505,7 +515,10 @@ class Monitor:
             self._flush_locked(worker)
 
     def _start_server(self) -> None:
-        server = ForkServer(self._initializer)
+        try:
+            server = ForkServer(self._initializer)
+        except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
+            raise BrokenPoolError(describe_start_failure(exc)) from exc
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)
@@ -536,6 +549,8 @@ class Monitor:
                     worker.status = b
                     self._read_worker_locked(worker, now, out)
                     self._finalize_locked(worker, now, out)
+            elif op == 5:  # SPAWN_FAILED worker_id errno: no worker can be made
+                raise BrokenPoolError(describe_spawn_failure(b))
         if messages is None:
             self._on_server_lost_locked(now, out)
 
@@ -854,6 +869,15 @@ class Monitor:
         self._epoll.close()
         # The wake-up pipe stays open until the Monitor is collected: another thread
         # may still call _wake(), and a closed fd number could be reused by a file.
+
+    def _close_unstarted(self) -> None:
+        """Close what ``__init__`` made before it failed (no thread, no process yet)."""
+        for worker in self._workers:
+            worker.pipes.close()
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1  # so __del__ cannot close a reused number
 
     def __del__(self) -> None:
         for fd in (self._wake_r, self._wake_w):
