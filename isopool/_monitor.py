@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import errno
 import itertools
 import logging
 import os
@@ -67,6 +68,7 @@ from ._process import (
     decode_exit,
     describe_spawn_failure,
     describe_start_failure,
+    limit_hint,
     signal_group,
 )
 from ._queue import DelayedQueue, PendingQueue
@@ -137,16 +139,18 @@ class Monitor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._register(self._wake_r, _WAKE, None, select.EPOLLIN)
-        try:
-            for _ in range(max_workers):
-                self._add_worker_locked()
-        except OSError:  # out of descriptors: Pool() fails and leaves nothing open
-            self._close_unstarted()
-            raise
         self._thread = threading.Thread(
             target=self._run, name=f"isopool-monitor[{name}]", daemon=True
         )
-        self._thread.start()
+        try:
+            for _ in range(max_workers):
+                self._add_worker_locked()
+            self._thread.start()
+        except (OSError, RuntimeError) as exc:  # out of fds or threads: leave nothing open
+            self._close_unstarted()
+            if isinstance(exc, OSError):
+                raise
+            raise RuntimeError(f"{exc}; {limit_hint(errno.EAGAIN)}") from exc
 
     # -- public, any thread ----------------------------------------------------
 

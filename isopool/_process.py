@@ -168,9 +168,10 @@ def limit_hint(err: int | None) -> str:
     if err == errno.EAGAIN:
         soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
         return (
-            "isopool needs one process per worker and one for its fork server; the limit "
-            f"on this user's processes (RLIMIT_NPROC, ulimit -u) is {_limit_text(soft)}, "
-            "or a pids cgroup is full: raise it, or use fewer workers"
+            "isopool needs a thread per pool, a process per worker and one for its fork "
+            "server; the limit on this user's processes and threads (RLIMIT_NPROC, "
+            f"ulimit -u) is {_limit_text(soft)}, or a pids cgroup is full: raise it, or "
+            "use fewer workers"
         )
     if err == errno.ENOMEM:
         return "there is not enough memory to fork a worker"
