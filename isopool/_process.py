@@ -2,7 +2,8 @@
 
 Nothing here is threaded or knows about tasks: it starts and talks to the fork server
 (see ``_forkserver``), makes a worker's pipe pair, decodes wait statuses into readable
-reasons, and stops a worker's whole process group, politely or brutally.
+reasons, and stops a worker's whole process group, politely or brutally. When it runs
+out of descriptors or processes, its errors name the resource limit that was hit.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def signal_group(pid: int, sig: int) -> None:
     """Send ``sig`` to the process group led by worker ``pid``, or to ``pid`` alone.
 
     Each worker leads its own group (setpgid in the fork server), so this also reaches
-    the processes a task started. Processes that are already gone are ignored.
+    the processes a task started. Those that left the group are not reached here:
+    the fork server SIGKILLs them once the worker is gone (see ``_reaper``).
+    Processes that are already gone are ignored.
     """
     try:
         os.killpg(pid, sig)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import isopool
-from tests import _escape
+from tests import _escape, _tasks
 from tests.conftest import descendants, pid_alive, started, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +155,27 @@ def test_task_subprocess_keeps_its_exit_status(one_worker):
     """The worker reaps no child of the task's: subprocess still sees its exit code."""
     task = one_worker.submit(subprocess.call, ["sh", "-c", "exit 3"])
     assert task.result(timeout=30) == 3
+
+
+def test_workers_die_with_a_sigkilled_fork_server(one_worker):
+    """A SIGKILLed fork server takes its workers along; the pool starts a new one."""
+    task = one_worker.submit(_tasks.hang)
+    worker = started(task)
+    server = _escape.parent_of(worker)
+    os.kill(server, signal.SIGKILL)
+    with pytest.raises(isopool.TaskCrashError):
+        task.result(timeout=30)
+    assert_gone_within([worker], timeout=10)
+    assert one_worker.submit(_tasks.echo, 1).result(timeout=30) == 1
+
+
+def test_fork_server_sigterm_kills_its_workers_and_their_escapees(one_worker, tmp_path):
+    """SIGTERM (the fork server's parent-death signal) ends everything below it."""
+    record = tmp_path / "pids"
+    task = one_worker.submit(_escape.escape_then_hang, "daemon-tree", str(record))
+    pids = recorded(record)
+    worker = started(task)
+    os.kill(_escape.parent_of(worker), signal.SIGTERM)
+    with pytest.raises(isopool.TaskCrashError):
+        task.result(timeout=30)
+    assert_gone_within([worker, *pids], timeout=10)
