@@ -119,6 +119,9 @@ class _Server:
         self.wake = wake
         self.pid = os.getpid()
         self.workers: set[int] = set()
+        # Children the server had before it served (a helper started at start-up):
+        # not leftovers of a worker, so kept until the server stops.
+        self.helpers: set[int] = set()
         self.connected = True
 
     def run(self) -> None:
@@ -127,6 +130,7 @@ class _Server:
         # to clean up, and its default action (exit) is right.
         _reaper.become_subreaper()
         signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+        self.helpers = set(_reaper.children())
         try:
             self._serve()
         finally:
@@ -212,6 +216,7 @@ class _Server:
             if pid == 0:
                 return reaped
             reaped = True
+            self.helpers.discard(pid)  # its pid may now be reused by a leftover
             if pid in self.workers:
                 self.workers.discard(pid)
                 self._send(EXITED, pid, status)
@@ -224,7 +229,7 @@ class _Server:
         """
         found = _reaper.children()
         for pid in found:
-            if pid not in self.workers:
+            if pid not in self.workers and pid not in self.helpers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return bool(found)
@@ -236,6 +241,7 @@ class _Server:
         for at most ``_reaper.CLEANUP_LIMIT`` seconds.
         """
         self.connected = False
+        self.helpers.clear()
         for pid in self.workers:
             _reaper.kill_group(pid)
         deadline = time.monotonic() + _reaper.CLEANUP_LIMIT
