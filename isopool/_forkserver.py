@@ -14,16 +14,21 @@ Protocol over one ``SOCK_SEQPACKET`` socket pair (message boundaries kept)::
     parent -> server   SPAWN worker_id max_tasks     + 3 fds (call_r, result_w, control_r)
     server -> parent   SPAWNED worker_id pid
     server -> parent   EXITED pid wait_status          (the server reaps every worker)
+    server -> parent   SPAWN_FAILED worker_id errno    (fork failed, or the fds were lost)
 
-Lifetime: the server dies with the parent's monitor thread (PR_SET_PDEATHSIG) or when
-its socket reaches EOF; each worker dies with the server (PR_SET_PDEATHSIG), so a
-SIGKILLed parent leaves nothing behind. Workers get their own process group, so a
-time-out can stop everything a task started.
+Lifetime: the server gets SIGTERM when the parent's monitor thread dies
+(PR_SET_PDEATHSIG), and stops when it does or when its socket reaches EOF; it
+then kills every worker and everything they left behind before it exits. Each
+worker dies with the server (PR_SET_PDEATHSIG), so a SIGKILLed parent leaves
+nothing behind. Workers get their own process group, so a time-out can stop
+everything a task started, and both the server and each worker are child
+subreapers, so processes that leave the group are found too (see ``_reaper``).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
 import gc
 import os
 import pickle
@@ -32,33 +37,41 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import Final, NoReturn
 
-__all__ = ["EXITED", "MESSAGE", "READY", "SPAWN", "SPAWNED", "main", "set_parent_death_signal"]
+from . import _reaper
+
+__all__ = [
+    "EXITED",
+    "MESSAGE",
+    "READY",
+    "SPAWN",
+    "SPAWNED",
+    "SPAWN_FAILED",
+    "main",
+    "set_parent_death_signal",
+]
 
 MESSAGE: Final = struct.Struct("<Iiq")  # op, a, b
 READY: Final = 1
 SPAWN: Final = 2
 SPAWNED: Final = 3
 EXITED: Final = 4
+SPAWN_FAILED: Final = 5
 
-_PR_SET_PDEATHSIG: Final = 1
-_EXIT_SETUP_FAILED: Final = 70  # EX_SOFTWARE: the worker could not be set up
+_EXIT_SETUP_FAILED: Final = _reaper.EXIT_SETUP_FAILED
 _WORKER_FDS: Final = 3  # call_r, result_w, control_r
 
 
 def set_parent_death_signal(expected_parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent thread dies.
+    """Ask Linux to SIGTERM the fork server when its parent thread dies.
 
-    Exits at once if the parent is already gone (the race between fork and prctl).
+    SIGTERM, not SIGKILL: the server must live long enough to kill its workers and
+    what they left behind (``_Server.stop``). Exits at once if the parent is already
+    gone (the race between fork and prctl).
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-    if os.getppid() != expected_parent:
-        os._exit(_EXIT_SETUP_FAILED)
+    _reaper.set_parent_death_signal(expected_parent, signal.SIGTERM)
 
 
 def main(fd: int, config_fd: int, parent_pid: int) -> NoReturn:
@@ -93,6 +106,12 @@ def _preload() -> None:
 
 
 class _Server:
+    """The serving loop: fork on request, reap every child, kill what is not a worker.
+
+    Single-threaded on purpose: adopted orphans are listed in the main thread's
+    ``children`` file, and forking from one thread copies no other thread's lock.
+    """
+
     def __init__(
         self, sock: socket.socket, initializer: bytes | None, wake: tuple[int, int]
     ) -> None:
@@ -100,25 +119,46 @@ class _Server:
         self.initializer = initializer
         self.wake = wake
         self.pid = os.getpid()
+        self.workers: set[int] = set()
+        # Children the server had before it served (a helper started at start-up):
+        # not leftovers of a worker, so kept until the server stops.
+        self.helpers: set[int] = set()
+        self.connected = True
 
     def run(self) -> None:
-        while True:
+        """Serve until EOF, a lost parent or SIGTERM; then kill every child and return."""
+        # Set here, before the first fork: a SIGTERM before this point finds no worker
+        # to clean up, and its default action (exit) is right.
+        _reaper.become_subreaper()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+        self.helpers = set(_reaper.children())
+        try:
+            self._serve()
+        finally:
+            self.stop()
+
+    def _serve(self) -> None:
+        while self.connected:
             try:
                 ready, _, _ = select.select([self.sock.fileno(), self.wake[0]], [], [], 1.0)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
-            if self.wake[0] in ready:
-                self._drain_wake()
-            self._reap()
+            if self.wake[0] in ready and signal.SIGTERM in self._drain_wake():
+                return
+            if self._reap() or not ready:  # the heartbeat also catches a missed scan
+                self._kill_leftovers()
             if self.sock.fileno() in ready and not self._serve_request():
                 return
 
-    def _drain_wake(self) -> None:
+    def _drain_wake(self) -> bytes:
+        """Empty the wake-up pipe; return the signal numbers it carried."""
+        received = b""
         try:
-            while os.read(self.wake[0], 4096):
-                pass
+            while data := os.read(self.wake[0], 4096):
+                received += data
         except BlockingIOError:
             pass
+        return received
 
     def _serve_request(self) -> bool:
         try:
@@ -128,26 +168,27 @@ class _Server:
         if not msg:
             return False
         op, worker_id, max_tasks = MESSAGE.unpack(msg)
-        if op == SPAWN and len(fds) == _WORKER_FDS:
-            pid = self._fork(fds, max_tasks)
-            self._send(SPAWNED, worker_id, pid)
-        for fd in fds:
-            os.close(fd)
+        try:
+            if op == SPAWN and len(fds) == _WORKER_FDS:
+                pid = self._fork(fds, max_tasks)
+                self._send(SPAWNED, worker_id, pid)
+            elif op == SPAWN:  # the fds were dropped (MSG_CTRUNC): we are out of fds
+                self._send(SPAWN_FAILED, worker_id, errno.EMFILE)
+        except OSError as exc:  # fork failed: EAGAIN (RLIMIT_NPROC) or ENOMEM
+            self._send(SPAWN_FAILED, worker_id, exc.errno or errno.EAGAIN)
+        finally:
+            for fd in fds:
+                os.close(fd)
         return True
 
     def _fork(self, fds: list[int], max_tasks: int) -> int:
         """Fork a worker serving the pipes ``fds`` (call_r, result_w, control_r)."""
         pid = os.fork()
         if pid:
+            self.workers.add(pid)
             return pid
         try:  # in the worker: never return into the server's loop
-            os.setpgid(0, 0)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.sock.close()
-            os.close(self.wake[0])
-            os.close(self.wake[1])
-            set_parent_death_signal(self.pid)
+            self._set_up_worker()
             from ._worker import serve
 
             call_fd, result_fd, control_fd = fds
@@ -155,18 +196,75 @@ class _Server:
         finally:
             os._exit(_EXIT_SETUP_FAILED)
 
-    def _reap(self) -> None:
+    def _set_up_worker(self) -> None:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a polite stop must end it
+        self.sock.close()
+        os.close(self.wake[0])
+        os.close(self.wake[1])
+        # A subreaper, so the task's escaped descendants stay below it (see _reaper).
+        _reaper.become_subreaper()
+        _reaper.set_parent_death_signal(self.pid, signal.SIGKILL)
+
+    def _reap(self) -> bool:
+        """Reap every child that exited; report workers; return whether any was reaped."""
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return reaped
             if pid == 0:
+                return reaped
+            reaped = True
+            self.helpers.discard(pid)  # its pid may now be reused by a leftover
+            if pid in self.workers:
+                self.workers.discard(pid)
+                self._send(EXITED, pid, status)
+
+    def _kill_leftovers(self) -> bool:
+        """SIGKILL every child that is not a worker (orphans adopted from dead workers).
+
+        Returns whether the server has any child left. Each killed child is reaped by
+        a later ``_reap``, which scans again for the children it left behind.
+        """
+        found = _reaper.children()
+        for pid in found:
+            if pid not in self.workers and pid not in self.helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return bool(found)
+
+    def stop(self) -> None:
+        """Kill every worker's process group and every other child; reap them all.
+
+        Loops until no child is left (each death may hand the server more orphans),
+        for at most ``_reaper.CLEANUP_LIMIT`` seconds.
+        """
+        self.connected = False
+        self.helpers.clear()
+        for pid in self.workers:
+            _reaper.kill_group(pid)
+        deadline = time.monotonic() + _reaper.CLEANUP_LIMIT
+        while True:
+            self._reap()
+            if not self._kill_leftovers():
                 return
-            self._send(EXITED, pid, status)
+            for pid in self.workers:
+                _reaper.kill_group(pid)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(InterruptedError):  # woken by SIGCHLD
+                select.select([self.wake[0]], [], [], min(left, 0.05))
+            self._drain_wake()
 
     def _send(self, op: int, a: int, b: int) -> None:
+        if not self.connected:
+            return
         try:
             self.sock.send(MESSAGE.pack(op, a, b))
-        except OSError:  # the parent is gone; PR_SET_PDEATHSIG will end us
-            os._exit(0)
+        except OSError:  # the parent is gone: stop serving, then clean up
+            self.connected = False

@@ -52,6 +52,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import errno
 import itertools
 import logging
 import os
@@ -72,7 +73,14 @@ from ._errors import (
 from ._handle import WorkerHandle
 from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
-from ._process import ForkServer, decode_exit, signal_group
+from ._process import (
+    ForkServer,
+    decode_exit,
+    describe_spawn_failure,
+    describe_start_failure,
+    limit_hint,
+    signal_group,
+)
 from ._queue import DelayedQueue, PendingQueue
 from ._resolver import Resolver
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
@@ -147,12 +155,18 @@ class Monitor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._register(self._wake_r, _WAKE, None, select.EPOLLIN)
-        for _ in range(max_workers):
-            self._add_worker_locked()
         self._thread = threading.Thread(
             target=self._run, name=f"isopool-monitor[{name}]", daemon=True
         )
-        self._thread.start()
+        try:
+            for _ in range(max_workers):
+                self._add_worker_locked()
+            self._thread.start()
+        except (OSError, RuntimeError) as exc:  # out of fds or threads: leave nothing open
+            self._close_unstarted()
+            if isinstance(exc, OSError):
+                raise
+            raise RuntimeError(f"{exc}; {limit_hint(errno.EAGAIN)}") from exc
 
     # -- public, any thread ----------------------------------------------------
 
@@ -621,7 +635,10 @@ class Monitor:
             self._flush_locked(worker)
 
     def _start_server(self) -> None:
-        server = ForkServer(self._initializer)
+        try:
+            server = ForkServer(self._initializer)
+        except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
+            raise BrokenPoolError(describe_start_failure(exc)) from exc
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)
@@ -652,6 +669,8 @@ class Monitor:
                     worker.status = b
                     self._read_worker_locked(worker, now, out)
                     self._finalize_locked(worker, now, out)
+            elif op == 5:  # SPAWN_FAILED worker_id errno: no worker can be made
+                raise BrokenPoolError(describe_spawn_failure(b))
         if messages is None:
             self._on_server_lost_locked(now, out)
 
@@ -1035,6 +1054,15 @@ class Monitor:
         self._resolver.close()
         # The wake-up pipe stays open until the Monitor is collected: another thread
         # may still call _wake(), and a closed fd number could be reused by a file.
+
+    def _close_unstarted(self) -> None:
+        """Close what ``__init__`` made before it failed (no thread, no process yet)."""
+        for worker in self._workers:
+            worker.pipes.close()
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1  # so __del__ cannot close a reused number
 
     def __del__(self) -> None:
         for fd in (self._wake_r, self._wake_w):

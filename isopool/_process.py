@@ -2,15 +2,18 @@
 
 Nothing here is threaded or knows about tasks: it starts and talks to the fork server
 (see ``_forkserver``), makes a worker's pipe pair, decodes wait statuses into readable
-reasons, and stops a worker's whole process group, politely or brutally.
+reasons, and stops a worker's whole process group, politely or brutally. When it runs
+out of descriptors or processes, its errors name the resource limit that was hit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import pickle
+import resource
 import secrets
 import signal
 import socket
@@ -19,13 +22,16 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
-from . import _forkserver, _wire
+from . import _forkserver, _reaper, _wire
 
 __all__ = [
     "ExitInfo",
     "ForkServer",
     "WorkerPipes",
     "decode_exit",
+    "describe_spawn_failure",
+    "describe_start_failure",
+    "limit_hint",
     "signal_group",
 ]
 
@@ -49,12 +55,27 @@ class ExitInfo:
     signal: str | None
 
     def describe(self) -> str:
-        """Return a phrase such as "killed by SIGSEGV" or "exited with code 3"."""
+        """Return a phrase such as "killed by SIGSEGV" or "exited with code 3".
+
+        The exit codes isopool's worker chooses itself carry their reason; a task
+        that exits with the same code on purpose is described the same way.
+        """
         if self.signal is not None:
             return f"killed by {self.signal}"
         if self.exitcode is None:
             return "died (exit status unknown: the fork server was lost)"
+        reason = _EXIT_REASONS.get(self.exitcode)
+        if reason is not None:
+            return f"exited with code {self.exitcode}: {reason}"
         return f"exited with code {self.exitcode}"
+
+
+_EXIT_REASONS: Final = {
+    _reaper.EXIT_PIPE_LOST: (
+        "the task closed the worker's result pipe (e.g. with os.closerange), "
+        "so the worker could not send its reply"
+    ),
+}
 
 
 def decode_exit(status: int | None) -> ExitInfo:
@@ -75,7 +96,9 @@ def signal_group(pid: int, sig: int) -> None:
     """Send ``sig`` to the process group led by worker ``pid``, or to ``pid`` alone.
 
     Each worker leads its own group (setpgid in the fork server), so this also reaches
-    the processes a task started. Processes that are already gone are ignored.
+    the processes a task started. Those that left the group are not reached here:
+    the fork server SIGKILLs them once the worker is gone (see ``_reaper``).
+    Processes that are already gone are ignored.
     """
     try:
         os.killpg(pid, sig)
@@ -99,13 +122,18 @@ class WorkerPipes:
     __slots__ = ("call_r", "call_w", "control_r", "control_w", "cookie", "result_r", "result_w")
 
     def __init__(self) -> None:
+        """Make the three pipes, or none.
+
+        Raises:
+            OSError: out of descriptors (EMFILE, ENFILE); the message names the limit.
+        """
         self.cookie = secrets.randbits(16) | 1  # never 0, which a zeroed header would match
         self.call_r = self.call_w = self.result_r = self.result_w = -1
         self.control_r = self.control_w = -1
         try:
-            self.call_r, self.call_w = os.pipe()
-            self.result_r, self.result_w = os.pipe()
-            self.control_r, self.control_w = os.pipe()
+            self.call_r, self.call_w = _pipe()
+            self.result_r, self.result_w = _pipe()
+            self.control_r, self.control_w = _pipe()
         except BaseException:
             self.close()
             raise
@@ -142,6 +170,54 @@ class WorkerPipes:
                 _close(fd)
         self.call_r = self.call_w = self.result_r = self.result_w = -1
         self.control_r = self.control_w = -1
+
+
+def _pipe() -> tuple[int, int]:
+    try:
+        return os.pipe()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}; {limit_hint(exc.errno)}") from None
+
+
+def limit_hint(err: int | None) -> str:
+    """Say which resource limit an errno from pipe(), socketpair() or fork() points at."""
+    if err == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (
+            "isopool needs 4 descriptors per worker (two pipes, two of them only until the "
+            "worker starts) and 4 per pool; the limit on open files (RLIMIT_NOFILE, "
+            f"ulimit -n) is {_limit_text(soft)}: raise it, or use fewer workers"
+        )
+    if err == errno.ENFILE:
+        return "the system-wide limit on open files (fs.file-max) is reached"
+    if err == errno.EAGAIN:
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        return (
+            "isopool needs a thread per pool, a process per worker and one for its fork "
+            "server; the limit on this user's processes and threads (RLIMIT_NPROC, "
+            f"ulimit -u) is {_limit_text(soft)}, or a pids cgroup is full: raise it, or "
+            "use fewer workers"
+        )
+    if err == errno.ENOMEM:
+        return "there is not enough memory to fork a worker"
+    return "isopool could not create the pipes and processes its workers need"
+
+
+def _limit_text(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def describe_start_failure(exc: OSError) -> str:
+    """Explain why the fork server (pipes, socket, fork + exec) could not start."""
+    return f"isopool could not start its fork server: {exc}; {limit_hint(exc.errno)}"
+
+
+def describe_spawn_failure(err: int) -> str:
+    """Explain a SPAWN_FAILED message: the fork server could not fork a worker."""
+    return (
+        f"isopool's fork server could not fork a worker: [Errno {err}] "
+        f"{os.strerror(err)}; {limit_hint(err)}"
+    )
 
 
 def _close(fd: int) -> None:

@@ -23,13 +23,16 @@ What the worker does with each failure, so that the parent can pin it on one tas
 - a ``SystemExit`` while pickling the result or the exception is sent as the task's
   exception, again as the stdlib does; the worker lives on in every case above;
 - a segfault, ``os._exit`` or a signal: the worker just dies; the parent sees it.
+- the task closes (or breaks) the worker's result pipe: the worker exits with
+  ``_reaper.EXIT_PIPE_LOST``, which the parent reports as such.
 
-Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names): worker start-up is a
-benchmark figure, and the fork server has imported all of this already.
+Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for one exit
+code): worker start-up is a benchmark figure, and the fork server has imported all of this already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -41,6 +44,7 @@ from typing import Final, NoReturn
 
 from . import _wire
 from ._errors import Shutdown
+from ._reaper import EXIT_PIPE_LOST
 
 __all__ = ["run_chunk", "serve"]
 
@@ -322,8 +326,18 @@ def _write_frame(fd: int, kind: int, task_id: int, payload: bytes) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:  # EBADF: the task closed our result pipe; EPIPE: parent gone
+        _exit_pipe_lost(fd, exc)
+
+
+def _exit_pipe_lost(fd: int, exc: OSError) -> NoReturn:
+    """No reply can reach the parent: exit with the code it reports as a lost pipe."""
+    with contextlib.suppress(OSError):  # stderr may be closed too
+        os.write(2, f"isopool worker: cannot write to result pipe (fd {fd}): {exc}\n".encode())
+    _exit(EXIT_PIPE_LOST)
 
 
 def _flush_stdio() -> None:
