@@ -53,6 +53,7 @@ import collections
 import contextlib
 import enum
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -459,9 +460,11 @@ class Monitor:
     def _start_head_locked(self, worker: WorkerHandle, now: float) -> None:
         """The head of ``worker`` starts running now (if the worker exists yet)."""
         task = worker.tasks[0]
-        if task._revoke is not None:
-            return  # asked back: its REVOKED answer says whether it starts at all
-        if task._kill_requested:  # stopped before it started: not an attempt
+        # A head asked back (REVOKE) may have started before the worker's watcher read
+        # the request: run its clock (time-out, attempts) as for any head; an answer
+        # that it will never run undoes it (_on_revoked_locked). A head killed before
+        # it started stops its worker now, unless that answer is still to come.
+        if task._kill_requested and task._revoke is None:
             self._stop_worker_locked(worker, "kill", task, now)
             return
         if worker.pid is None or task._started_at is not None:
@@ -511,7 +514,11 @@ class Monitor:
         worker is stopped then.
         """
         task._kill_requested = True
-        if worker.tasks and worker.tasks[0] is task and task._revoke is None:
+        if worker.tasks and worker.tasks[0] is task:
+            # Running, or about to: a REVOKE still unanswered cannot be trusted to
+            # win, so stop the worker; an answer that it never ran settles it then.
+            if task._revoke is not None:
+                task._revoke = "kill"
             self._stop_worker_locked(worker, "kill", task, now)
             return True
         if task._revoke is None and not worker.revoke(task):
@@ -541,14 +548,14 @@ class Monitor:
             task._revoke_ok = False
             if not wait:
                 return False
-            event = task._revoked = threading.Event()
+            event = task._revoked = task._revoked or threading.Event()  # one per take-back
         answered = event.wait(_TAKE_BACK_WAIT)  # the lock is not held: the monitor answers
         with self._lock:
             task._revoked = None
             if not answered and task._revoke == "cancel":
                 task._revoke = "steal"  # too slow to answer: if handed back, it runs elsewhere
             ok = task._revoke_ok  # set by the monitor when the worker handed it back
-        return ok and task._force_cancel()
+        return ok and (task._force_cancel() or task.cancelled())
 
     def _stop_worker_locked(
         self, worker: WorkerHandle, reason: str, task: Task[Any] | None, now: float
@@ -706,7 +713,10 @@ class Monitor:
                 f"isopool fork server failed to start (exit code {code}); "
                 "is isopool importable by sys.executable?"
             )
-        log.warning("pool %r: fork server died (exit code %s); starting a new one", self.name, code)
+        self._log_later(
+            logging.WARNING,
+            f"pool {self.name!r}: fork server died (exit code {code}); starting a new one",
+        )
         for worker in list(self._workers):
             if worker.pid is not None:
                 signal_group(worker.pid, signal.SIGKILL)
@@ -749,6 +759,14 @@ class Monitor:
             worker.eof_at = now
             self._unregister(worker.pipes.result_r)
 
+    def _log_later(self, level: int, message: str) -> None:
+        """Log ``message`` from the resolver thread: handlers are user code.
+
+        Under the monitor's lock, a handler that sleeps would delay every time-out,
+        and one that calls ``pool.stats()`` would deadlock the monitor.
+        """
+        self._resolver.defer(functools.partial(log.log, level, "%s", message))
+
     def _on_protocol_error_locked(self, worker: WorkerHandle, what: str, now: float) -> None:
         """The result pipe carried bytes that are not the worker's: stop that worker.
 
@@ -757,7 +775,9 @@ class Monitor:
         """
         if worker.protocol_error is None:
             worker.protocol_error = what
-            log.error("pool %r: worker %s wrote %s; stopping it", self.name, worker.pid, what)
+            self._log_later(
+                logging.ERROR, f"pool {self.name!r}: worker {worker.pid} wrote {what}; stopping it"
+            )
         self._stop_worker_locked(worker, "protocol", None, now)
 
     def _on_frame_locked(
@@ -781,6 +801,11 @@ class Monitor:
             return
         task = worker.tasks.popleft()
         task._worker = None
+        if task._revoke is not None:  # its reply beat the worker's LATE answer
+            worker.revoking.pop(task._call_number, None)
+            task._revoke = None
+            if task._revoked is not None:
+                task._revoked.set()  # cancel() returns False: it ran
         if task._started_at is not None:
             run_time = now - task._started_at
             self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
@@ -819,7 +844,12 @@ class Monitor:
         if ok:
             worker.tasks.remove(task)
             task._worker = None
-            if reason == "cancel" and task._revoked is not None:
+            if task._started_at is not None:  # it was the head: it never ran after all
+                task._started_at = task._deadline = None
+                task.attempts -= 1
+            if reason == "kill" and not task.done():
+                out.append(Outcome.stopped(task))
+            elif reason == "cancel" and task._revoked is not None:
                 task._revoke_ok = True
                 task._revoked.set()  # the thread in cancel() settles it
             elif reason == "cancel":
@@ -847,6 +877,8 @@ class Monitor:
         """A run of ``task`` ended: restart it per its policy, or settle its future."""
         task._deadline = None
         task._started_at = None
+        if task.done():
+            return  # settled already (killed while its call was queued): count it once
         self._stats[outcome.stat] += 1
         restartable = (
             outcome.kind not in ("cancelled", "error")
@@ -861,7 +893,7 @@ class Monitor:
             out.append(Outcome.restart_limit(task, outcome))
             return
         self._stats["restarted"] += 1
-        outcome.log_restart(self.name, task, delay)
+        self._log_later(logging.WARNING, outcome.restart_message(self.name, task, delay))
         if delay > 0:
             self._delayed.push(now + delay, task)
         else:
@@ -891,13 +923,10 @@ class Monitor:
             head = worker.tasks[0] if worker.tasks else None
             if head is not None and head._deadline is not None and now >= head._deadline:
                 head._deadline = None
-                log.info(
-                    "pool %r: task %d (%s) timed out after %s s; stopping worker %s",
-                    self.name,
-                    head.id,
-                    head.name,
-                    head.options.timeout,
-                    worker.pid,
+                self._log_later(
+                    logging.INFO,
+                    f"pool {self.name!r}: task {head.id} ({head.name}) timed out after "
+                    f"{head.options.timeout} s; stopping worker {worker.pid}",
                 )
                 self._stop_worker_locked(worker, "timeout", head, now)
             if worker.kill_at is not None and now >= worker.kill_at:
@@ -914,13 +943,8 @@ class Monitor:
             head = worker.tasks[0] if worker.tasks else None
             if head is not None and head._deadline is not None:
                 deadline = min(deadline, head._deadline)
-            if (
-                steal
-                and head is not None
-                and head._started_at is not None
-                and len(worker.tasks) > 1
-            ):
-                deadline = min(deadline, head._started_at + _STEAL_AFTER)
+            if steal and head is not None and head._started_at is not None and _stealable(worker):
+                deadline = min(deadline, head._started_at + _long_after(self._ema))
             if worker.kill_at is not None:
                 deadline = min(deadline, worker.kill_at)
             if worker.eof_at is not None:
@@ -958,13 +982,19 @@ class Monitor:
         for index, task in enumerate(tasks):
             task._worker = None
             reason, task._revoke = task._revoke, None
+            # Only a call behind the head provably never started; the head may have.
+            started = index == 0 and task._started_at is not None
             if reason == "cancel" and task._revoked is not None:
-                task._revoke_ok = True  # it never started: cancel() may have it
+                task._revoke_ok = not started
                 task._revoked.set()
-                continue
+                if not started:
+                    continue  # cancel() settles it
             if task.done():
                 continue  # killed while queued there: already settled
-            if index == 0 and task._started_at is not None:
+            if reason == "cancel" and not started:
+                out.append(Outcome.cancelled(task))
+                continue
+            if started:
                 if worker.stop_reason == "signalled":  # as the stdlib: BrokenProcessPool
                     self._stats["crashed"] += 1
                     error = Outcome.crashed(task, worker.pid, info).to_exception()
@@ -980,11 +1010,9 @@ class Monitor:
             else:
                 self._pending.push(task)  # never started: not an attempt
         if not (tasks or worker.retired or worker.stop_reason) and self._state is State.RUNNING:
-            log.warning(
-                "pool %r: idle worker %s %s; replacing it",
-                self.name,
-                worker.pid,
-                info.describe(),
+            self._log_later(
+                logging.WARNING,
+                f"pool {self.name!r}: idle worker {worker.pid} {info.describe()}; replacing it",
             )
 
     def _forget_locked(self, worker: WorkerHandle) -> None:
@@ -1079,6 +1107,18 @@ class Monitor:
                 self._epoll.unregister(fd)
 
 
+def _long_after(ema: float | None) -> float:
+    """How long a call must run before the calls behind it may move elsewhere."""
+    return max(_STEAL_AFTER, 10 * (ema or 0.0))
+
+
+def _stealable(worker: WorkerHandle) -> bool:
+    """Whether calls queued behind ``worker``'s head could still be taken back."""
+    return any(
+        t._revoke is None and t._label is None for t in itertools.islice(worker.tasks, 1, None)
+    )
+
+
 def _running_long(worker: WorkerHandle, now: float, ema: float | None) -> bool:
     """Whether ``worker``'s head call has run long: queue nothing more behind it.
 
@@ -1086,4 +1126,4 @@ def _running_long(worker: WorkerHandle, now: float, ema: float | None) -> bool:
     loaded machine, where every call is slow, keeps its pipelining.
     """
     started = worker.tasks[0]._started_at
-    return started is not None and now - started >= max(_STEAL_AFTER, 10 * (ema or 0.0))
+    return started is not None and now - started >= _long_after(ema)

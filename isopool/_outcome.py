@@ -139,9 +139,9 @@ class Outcome:
         """The ``Pool.stats()`` counter this outcome adds to."""
         return _STATS[self.kind]
 
-    def reason(self) -> str:
-        """A short phrase for logs: why this run ended."""
-        task = self.task
+    def reason(self, task: Task[Any] | None = None) -> str:
+        """A short phrase for logs: why this run ended (``task``: for a detached one)."""
+        task = task if task is not None else self.task
         if self.kind == "crashed":
             pid, info, _wrote = self.data
             return f"crashed: worker {pid} {info.describe()}"
@@ -157,8 +157,12 @@ class Outcome:
             return "failed to (un)pickle"
         return "failed"
 
-    def log_restart(self, pool: str, task: Task[Any], delay: float) -> None:
-        """Log, at WARNING, that ``task`` is re-run after this outcome."""
+    def restart_message(self, pool: str, task: Task[Any], delay: float) -> str:
+        """The WARNING that ``task`` is re-run after this outcome.
+
+        Logged elsewhere: a logging handler is user code, and this is decided under
+        the monitor's lock.
+        """
         opts = task.options
         if opts.max_retries is not None:
             budget = f"retry {task.attempts} of {opts.max_retries}, in {delay:.2f} s"
@@ -166,14 +170,8 @@ class Outcome:
             intensity = task._intensity
             recent = intensity.recent if intensity is not None else 0
             budget = f"restart {recent} of {opts.max_restarts} within {opts.max_seconds} s"
-        log.warning(
-            "%s: task %d (%s) %s; restarting it (%s)",
-            task._label or f"pool {pool!r}",
-            task.id,
-            task.name,
-            self.reason(),
-            budget,
-        )
+        label = task._label or f"pool {pool!r}"
+        return f"{label}: task {task.id} ({task.name}) {self.reason()}; restarting it ({budget})"
 
     @staticmethod
     def describe_init_failure(payload: Payload) -> str:
@@ -186,12 +184,21 @@ class Outcome:
 
     # -- settling the future (outside the monitor's lock) -----------------------
 
-    def settle(self) -> tuple[object, BaseException | None]:
+    def detached(self) -> Outcome:
+        """This outcome without its reference to the task, for the task to hold.
+
+        A lazily settled task keeps its outcome until someone asks for the value; were
+        the outcome to point back at the task, the pair would be a reference cycle and
+        an unread 20 MB result would live until the cyclic collector ran.
+        """
+        data = self.data.detached() if self.kind == "restart_limit" else self.data
+        return Outcome(self.kind, None, data)  # type: ignore[arg-type]  # only settle(task) reads it
+
+    def settle(self, task: Task[Any]) -> tuple[object, BaseException | None]:
         """The task's (value, exception); may run user code (unpickling).
 
         Called once per outcome, by whoever first asks for the task's value.
         """
-        task = self.task
         if task._raw and self.kind in ("ok", "raised", "shutdown"):
             return (self.kind, self.data), None  # stays pickled: it goes back to Redis
         if self.kind == "ok":
@@ -199,11 +206,11 @@ class Outcome:
                 return pickle.loads(self.data), None
             except BaseException as exc:  # user code ran in __reduce__ or __setstate__
                 return None, _parent_error(task, "result unpickle", exc, broken=True)
-        return None, self.to_exception()
+        return None, self.to_exception(task)
 
-    def to_exception(self) -> BaseException | None:
+    def to_exception(self, task: Task[Any] | None = None) -> BaseException | None:
         """The exception this outcome fails the task with; None for a value."""
-        task = self.task
+        task = task if task is not None else self.task
         kind = self.kind
         if kind in ("raised", "shutdown"):
             try:
@@ -344,12 +351,13 @@ def _restart_limit_error(task: Task[Any], last: Outcome) -> RestartLimitError:
             f"{opts.max_seconds} s)"
         )
     error = RestartLimitError(
-        f"task {task.id} ({task.name}) {last.reason()} and {budget} after {task.attempts} attempts",
+        f"task {task.id} ({task.name}) {last.reason(task)} and {budget} after {task.attempts} "
+        "attempts",
         task_id=task.id,
         task_name=task.name,
         attempts=task.attempts,
     )
-    error.__cause__ = last.to_exception()
+    error.__cause__ = last.to_exception(task)
     return error
 
 
@@ -371,11 +379,13 @@ def resolve(outcomes: list[Outcome], defer: Defer | None = None) -> None:
                 _log_later(defer, f"{task._label}: " if task._label else "", exc)
             task._finish(_fixed(exc), True, defer)
             continue
-        task._finish(outcome.settle, outcome.kind != "ok", defer)
+        task._finish(outcome.detached().settle, outcome.kind != "ok", defer)
 
 
-def _fixed(exc: BaseException | None) -> Callable[[], tuple[object, BaseException | None]]:
-    return lambda: (None, exc)
+def _fixed(
+    exc: BaseException | None,
+) -> Callable[[Task[Any]], tuple[object, BaseException | None]]:
+    return lambda _task: (None, exc)
 
 
 def _log_later(defer: Defer | None, prefix: str, exc: BaseException) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
@@ -53,8 +54,15 @@ log = logging.getLogger(__name__)
 _callback_log = logging.getLogger("concurrent.futures")
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
-Settle = Callable[[], tuple[object, BaseException | None]]
+Settle = Callable[["Task[Any]"], tuple[object, BaseException | None]]
 """Computes a finished task's (value, exception); may run user code (unpickling)."""
+
+
+class _UnsettledError(Exception):
+    """What ``exception()`` answers under ``wait()``'s locks for a failure not unpickled yet."""
+
+
+_UNSETTLED = _UnsettledError("the task failed; its exception is not unpickled yet")
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -204,6 +212,7 @@ class Task(Future[R], Generic[R]):
     _raw: bool  # the outcome stays pickled (the shared queue's tasks)
     _settle: Settle | None  # the outcome, not yet unpickled (see _outcome)
     _settle_lock: threading.Lock | None
+    _settle_is_error: bool  # what the outcome is, before it is unpickled
 
     def __init__(self) -> None:
         raise TypeError(
@@ -254,6 +263,7 @@ class Task(Future[R], Generic[R]):
         self._raw = False
         self._settle = None
         self._settle_lock = None
+        self._settle_is_error = False
         return self
 
     def __repr__(self) -> str:
@@ -307,6 +317,9 @@ class Task(Future[R], Generic[R]):
         """
         if self._cancel_queued():
             return True
+        if _in_event_loop():  # asyncio cancels wrapped futures on its loop: never block it
+            self._owner.take_back(self, False)
+            return False
         return self._owner.take_back(self, True)
 
     def _cancel_nowait(self) -> None:
@@ -335,7 +348,10 @@ class Task(Future[R], Generic[R]):
         self._retrieved = True
         if timeout is not None:
             timeout = check_wait("timeout", timeout)
-        if self._settle is None and self._state == FINISHED:
+        # State first: _finish sets _settle before the state, so a FINISHED task whose
+        # _settle is None has its value in place (reading them the other way round
+        # could see neither and return an unset None).
+        if self._state == FINISHED and self._settle is None:
             return super().result(0)  # the fast path: already settled
         super().exception(timeout)  # waits; raises CancelledError or TimeoutError
         self._settle_now()
@@ -351,6 +367,10 @@ class Task(Future[R], Generic[R]):
         if timeout is not None:
             timeout = check_wait("timeout", timeout)
         super().exception(timeout)
+        if self._settle is not None and self._condition._is_owned():  # type: ignore[attr-defined]  # RLock's own check
+            # concurrent.futures.wait(FIRST_EXCEPTION) asks under every future's lock:
+            # never run user code (unpickling) there; answer from what is known.
+            return _UNSETTLED if self._settle_is_error else None
         self._settle_now()
         return super().exception(0)
 
@@ -362,7 +382,7 @@ class Task(Future[R], Generic[R]):
         with lock:
             if self._settle is None:
                 return  # another thread settled it meanwhile
-            value, exc = settle()
+            value, exc = settle(self)
             self._result = value  # type: ignore[assignment]  # settle returns this task's R
             self._exception = exc
             self._settle = None
@@ -635,6 +655,7 @@ class Task(Future[R], Generic[R]):
                 return False
             self._settle = settle
             self._settle_lock = threading.Lock()
+            self._settle_is_error = is_error
             self._state = FINISHED
             self._payload = b""  # settled for good: it never runs again
             for waiter in self._waiters:
@@ -683,6 +704,12 @@ class Task(Future[R], Generic[R]):
         """Wait up to ``timeout`` seconds for the task to settle, ignoring its outcome."""
         with contextlib.suppress(CancelledError, TimeoutError):
             self.exception(min(timeout, MAX_SECONDS))  # a grace near the bound, plus margin
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (never imports asyncio)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 _FINISHED = _Finished()
