@@ -64,6 +64,7 @@ from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import ForkServer, decode_exit, signal_group
 from ._queue import DelayedQueue, PendingQueue
+from ._share import InitPayload
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
 
@@ -102,7 +103,8 @@ class Monitor:
         name: str,
         max_workers: int,
         max_tasks_per_child: int | None,
-        initializer: bytes | None,
+        initializer: InitPayload | None,
+        server: ForkServer | None = None,
     ) -> None:
         self.name = name
         self.max_workers = max_workers
@@ -123,6 +125,7 @@ class Monitor:
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
         self._server: ForkServer | None = None
+        self._first_server = server  # forked by Pool.__init__; taken by _start_server
         self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
         self._broken_cause: BaseException | None = None
         self._epoll = select.epoll()
@@ -505,7 +508,9 @@ class Monitor:
             self._flush_locked(worker)
 
     def _start_server(self) -> None:
-        server = ForkServer(self._initializer)
+        server, self._first_server = self._first_server, None
+        if server is None:
+            server = ForkServer(self._initializer)
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)

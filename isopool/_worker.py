@@ -21,22 +21,36 @@ benchmark figure, and the fork server has imported all of this already.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import resource
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from . import _wire
 from ._errors import Shutdown
 
-__all__ = ["run_chunk", "serve"]
+__all__ = ["Initializer", "run_chunk", "serve"]
 
 _READ_SIZE = 1 << 20
 
 
-def serve(call_fd: int, result_fd: int, max_tasks: int, initializer: bytes | None) -> NoReturn:
+class Initializer(NamedTuple):
+    """A pool's pickled ``(initializer, initargs)`` as the fork server holds it.
+
+    ``fds`` are the server's copies of the descriptors that ``multiprocessing``
+    objects in the pickle refer to by index (see ``_share``); each worker inherits them.
+    """
+
+    payload: bytes
+    fds: tuple[int, ...]
+
+
+def serve(
+    call_fd: int, result_fd: int, max_tasks: int, initializer: Initializer | None
+) -> NoReturn:
     """Run calls from ``call_fd`` until EOF or ``max_tasks`` (0: no limit), then exit."""
     try:
         if initializer is not None:
@@ -73,9 +87,11 @@ def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None
             return frames
 
 
-def _run_initializer(result_fd: int, payload: bytes) -> None:
+def _run_initializer(result_fd: int, init: Initializer) -> None:
     try:
-        initializer, initargs = pickle.loads(payload)
+        if init.fds:
+            _inherit_fds(init.fds)
+        initializer, initargs = pickle.loads(init.payload)
         initializer(*initargs)
     except SystemExit:
         raise
@@ -83,6 +99,28 @@ def _run_initializer(result_fd: int, payload: bytes) -> None:
         info = (_wire.qualified_name(type(exc)), str(exc), _wire.format_exception(exc))
         _send(result_fd, _wire.INIT_FAILED, 0, pickle.dumps(info))
         _exit(3)
+
+
+def _inherit_fds(fds: tuple[int, ...]) -> None:
+    # Where multiprocessing's DupFd (ours, _share.DupFd, and its own forkserver's)
+    # finds the descriptors a pickled Connection, Arena or socket refers to by index.
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._inherited_fds = list(fds)  # type: ignore[attr-defined]  # as forkserver.main does in its children
+
+
+def _finish_multiprocessing() -> None:
+    """Run multiprocessing's exit finalizers, as a multiprocessing child does.
+
+    A ``multiprocessing.Queue`` put from this worker is written by a feeder thread;
+    without this the last records (a QueueHandler's logs) would be lost at os._exit.
+    The fork server cleared the finalizers it inherited, so only this worker's run.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    with contextlib.suppress(BaseException):
+        util._exit_function()  # what Process._bootstrap calls at a child's end
 
 
 def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
@@ -216,5 +254,6 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _exit(code: int) -> NoReturn:
+    _finish_multiprocessing()
     _flush_stdio()
     os._exit(code)
