@@ -16,9 +16,9 @@ How it starts (``_process.ForkServer``), one of two ways:
   thread, so it is safe (no lock can be held by another thread) and PR_SET_PDEATHSIG,
   which fires when the *thread* that forked exits, fires when the process exits: the
   main thread ends only with the process. The monitor takes the started server over.
-- **A fresh interpreter** (``main``, run through ``subprocess``, which is thread-safe)
-  from the monitor thread, which outlives the server, when the parent runs threads, and
-  for every restart of a server that died.
+- **A fresh interpreter** (``main``, started with ``os.posix_spawn``, which is
+  thread-safe) from the monitor thread, which outlives the server, when the parent
+  runs threads, and for every restart of a server that died.
 
 What the forked server inherits from the parent, and what it does about it:
 
@@ -71,6 +71,7 @@ process group, so a time-out can stop everything a task started.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import gc
@@ -96,6 +97,7 @@ __all__ = [
     "SPAWN",
     "SPAWNED",
     "main",
+    "recv_fds",
     "run_forked",
     "set_parent_death_signal",
 ]
@@ -144,6 +146,11 @@ def main(fd: int, parent_pid: int) -> NoReturn:
     """
     set_parent_death_signal(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.set_inheritable(fd, False)  # passed by dup2, so inheritable
+    # posix_spawn closes only close-on-exec descriptors: drop any other the parent
+    # left inheritable, so the server holds nothing of the program's open.
+    os.closerange(3, fd)
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
     _serve(fd)
 
 
@@ -195,9 +202,7 @@ def _receive_config(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise RuntimeError(f"isopool fork server: expected CONFIG, got op {op}")
     fds: list[int] = []
     while len(fds) < nfds:
-        msg, got, flags, _addr = socket.recv_fds(
-            sock, MESSAGE.size, MAX_FDS_PER_MESSAGE, socket.MSG_CMSG_CLOEXEC
-        )
+        msg, got, flags = recv_fds(sock, MESSAGE.size, MAX_FDS_PER_MESSAGE)
         fds.extend(got)
         if len(msg) != MESSAGE.size or flags & socket.MSG_CTRUNC:
             raise RuntimeError("isopool fork server: descriptors lost in CONFIG")
@@ -215,6 +220,23 @@ def _receive_config(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     sock.settimeout(None)
     config: dict[str, Any] = pickle.loads(data)
     return config, fds
+
+
+def recv_fds(sock: socket.socket, size: int, maxfds: int) -> tuple[bytes, list[int], int]:
+    """Receive one message and up to ``maxfds`` descriptors, close-on-exec.
+
+    ``socket.recv_fds`` ignores its ``flags`` argument (3.11 to 3.13 at least), so it
+    cannot ask for MSG_CMSG_CLOEXEC: its descriptors would leak into any program a
+    task runs with ``close_fds=False``.
+    """
+    fds = array.array("i")
+    msg, ancdata, flags, _addr = sock.recvmsg(
+        size, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds), flags
 
 
 def _recv_message(sock: socket.socket, size: int) -> bytes:
@@ -316,9 +338,7 @@ class _Server:
 
     def _serve_request(self) -> bool:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(
-                self.sock, MESSAGE.size, 2, socket.MSG_CMSG_CLOEXEC
-            )
+            msg, fds, _flags = recv_fds(self.sock, MESSAGE.size, 2)
         except OSError:
             return False
         if not msg:

@@ -149,17 +149,8 @@ class ForkServer:
                 "multiprocessing.get_context('forkserver')"
             )
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
-            "from isopool._forkserver import main; "
-            f"main({child_sock.fileno()}, {os.getpid()})"
-        )
-        args = [sys.executable, *_interpreter_flags(), "-c", boot]
         try:
-            process: subprocess.Popen[bytes] | _ForkedChild = subprocess.Popen(
-                args, pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL
-            )
+            process = _spawn_interpreter(child_sock.fileno())
         except BaseException:
             parent_sock.close()
             raise
@@ -197,15 +188,10 @@ class ForkServer:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_sock.close()
         server = cls.__new__(cls)
-        server._attach(parent_sock, _ForkedChild(pid), init)
+        server._attach(parent_sock, _Child(pid), init)
         return server
 
-    def _attach(
-        self,
-        sock: socket.socket,
-        process: subprocess.Popen[bytes] | _ForkedChild,
-        init: InitPayload | None,
-    ) -> None:
+    def _attach(self, sock: socket.socket, process: _Child, init: InitPayload | None) -> None:
         self.sock = sock
         self.process = process
         self.ready = False
@@ -287,8 +273,38 @@ def _send_config(sock: socket.socket, init: InitPayload | None) -> None:
         sock.settimeout(None)
 
 
-class _ForkedChild:
-    """The part of ``subprocess.Popen`` the monitor uses, for a server made by fork."""
+def _spawn_interpreter(sock_fd: int) -> _Child:
+    """Start ``python -c "...main(fd, ppid)"`` with the socket as its fd 3 (or 4).
+
+    ``os.posix_spawn``, not ``subprocess.Popen``: Popen waits for EOF on an error pipe
+    until the exec, and a fork another thread makes meanwhile (``os.fork``, a fork
+    context ``Manager()``) holds that pipe open for its whole life, stalling the pool's
+    start as long. posix_spawn reports exec failures without a pipe.
+    """
+    target = 3 if sock_fd != 3 else 4
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = (
+        f"import sys; sys.path.insert(0, {package_root!r}); "
+        "from isopool._forkserver import main; "
+        f"main({target}, {os.getpid()})"
+    )
+    args = [sys.executable, *_interpreter_flags(), "-c", boot]
+    pid = os.posix_spawn(
+        sys.executable,
+        args,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, sock_fd, target),  # dup2 clears close-on-exec
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        ],
+        setsigmask=(),
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as Popen's restore_signals
+    )
+    return _Child(pid)
+
+
+class _Child:
+    """The part of ``subprocess.Popen`` the monitor uses, for the fork server's pid."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid

@@ -203,11 +203,15 @@ def _fork_only_message(initargs: tuple[Any, ...], what: str) -> str:
             break
         except Exception:
             continue
+    import threading
+
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    threads = f" ({', '.join(others)})" if others else ""
     return (
         f"{where} holds {what}, a semaphore made with the 'fork' multiprocessing context "
         "(the default on Linux before Python 3.14); it has no name, so only a fork of "
         "this process can use it, and this pool's fork server cannot be one because the "
-        "process already runs other threads. Create it with "
+        f"process already runs other threads{threads}. Create it with "
         "multiprocessing.get_context('forkserver') (or 'spawn'), or create the Pool "
         "before starting any thread"
     )
