@@ -74,6 +74,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import faulthandler
 import gc
 import os
 import pickle
@@ -164,6 +165,8 @@ def run_forked(fd: int, parent_pid: int) -> NoReturn:
         _reset_signals()
         set_parent_death_signal(parent_pid)
         _plug_inherited_fds(keep={fd, *_multiprocessing_fds()})
+        if faulthandler.is_enabled():  # its file may have been one of the plugged fds
+            faulthandler.enable(2)
         _forget_parent_multiprocessing()
         _serve(fd)
     except BaseException:
@@ -188,7 +191,10 @@ def _serve(fd: int) -> NoReturn:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     gc.freeze()  # keep the imported heap shared with the workers (no refcount COW churn)
-    sock.send(MESSAGE.pack(READY, 0, 0))
+    try:
+        sock.send(MESSAGE.pack(READY, 0, 0))
+    except OSError:  # the pool was closed before we were ready: nothing to serve
+        os._exit(0)
     server = _Server(sock, initializer, (wake_r, wake_w))
     server.run()
     os._exit(0)

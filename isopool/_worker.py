@@ -177,12 +177,35 @@ def _resolve(name: str) -> Callable[..., object]:
     return fn
 
 
+_data_baseline: int | None = None  # this worker's data size when it first set a limit
+
+
 def _set_memory_limit(limit: int) -> None:
     # RLIMIT_DATA (Linux >= 4.7) counts the heap and private anonymous mappings, which
     # is where Python's objects live; RLIMIT_AS would also count reserved-but-unused
     # address space (thread stacks, BLAS arenas) and fail far too early.
+    # It counts what the worker inherited too: a fork server forked from a parent with
+    # a 2 GB heap gives each worker 2 GB of (shared) mappings, so the limit is set on
+    # top of the worker's own size, measured once.
+    global _data_baseline
+    if limit != resource.RLIM_INFINITY:
+        if _data_baseline is None:
+            _data_baseline = _data_size()
+        limit += _data_baseline
     _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _data_size() -> int:
+    """This process's data size in bytes (VmData, what RLIMIT_DATA is checked against)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _send_exception(result_fd: int, task_id: int, exc: BaseException) -> None:
