@@ -9,9 +9,11 @@ a millisecond for each request.
 How it starts (``_process.ForkServer``), one of two ways:
 
 - **A fork of the parent** (``run_forked``), when the parent runs exactly one thread,
-  its main thread, at ``Pool()`` (``/proc/self/task``): about 1-2 ms instead of
-  ~60-100 ms, and the only way to hand the workers ``multiprocessing`` objects made
-  with the "fork" context (unnamed semaphores, usable only by address; see ``_share``).
+  its main thread, at ``Pool()`` (``/proc/self/task``): the fork takes ~1.2 ms, and
+  ``Pool()`` to a first result ~10-20 ms instead of ~110-170 ms on a loaded 2-CPU
+  machine (``benchmarks/forkserver_startup.py``); and it is the only way to hand the
+  workers ``multiprocessing`` objects made with the "fork" context (unnamed
+  semaphores, usable only by address; see ``_share``).
   The fork is made in ``Pool.__init__`` before the monitor thread exists, from the main
   thread, so it is safe (no lock can be held by another thread) and PR_SET_PDEATHSIG,
   which fires when the *thread* that forked exits, fires when the process exits: the
@@ -23,9 +25,17 @@ How it starts (``_process.ForkServer``), one of two ways:
 What the forked server inherits from the parent, and what it does about it:
 
 - memory: the whole heap, copy-on-write; ``gc.freeze()`` first thing, so the parent's
-  garbage is never collected (and its finalizers never run) here.
+  garbage is never collected (and its finalizers never run) here. The cost: a page
+  the parent writes later is copied, the server keeping the old one, so a pool made
+  after loading a large data set that the program then changes can pin up to that
+  much memory for the pool's life (create pools early, as with the fork start
+  method). Workers map that heap too; ``memory_limit`` counts from a worker's own
+  size, not from zero, for that reason (``_worker._set_memory_limit``).
 - ``sys.modules`` and the parent's ``__main__``: workers find the parent's functions
-  and imported modules already there (the fresh interpreter imports them on demand).
+  and imported modules already there (the fresh interpreter imports them on demand),
+  and the parent's module state as of ``Pool()``: its logging configuration, say,
+  whose file handlers now write to ``/dev/null`` (see below). Configure workers in the
+  initializer, as on the fresh path.
 - descriptors: every descriptor number >= 3 except the server's socket (and
   ``multiprocessing``'s resource-tracker pipe) is pointed at ``/dev/null`` (``dup2``,
   which closes what it held), and stdin too, as the fresh server's. Closing them

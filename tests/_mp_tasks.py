@@ -114,6 +114,11 @@ def manager_dict_set(d: Any, key: str) -> int:
     return os.getpid()
 
 
+def manager_dict_set_kept(key: str) -> int:
+    """Store this worker's pid under ``key`` in the managed dict the initializer kept."""
+    return manager_dict_set(SHARED[0], key)
+
+
 def manager_list_append(items: Any) -> int:
     """Append this worker's pid to a managed list."""
     items.append(os.getpid())

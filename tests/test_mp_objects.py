@@ -354,6 +354,20 @@ def test_manager_lock_as_task_argument_is_shared(
     assert pool.submit(_mp_tasks.manager_lock_try, lock).result(timeout=30)
 
 
+def test_manager_dict_in_initargs_is_written_by_workers(
+    manager: multiprocessing.managers.SyncManager,
+) -> None:
+    """A managed dict given to the initializer is shared by every worker (incl. replacements)."""
+    d = manager.dict()
+    with isopool.Pool(2, initializer=_mp_tasks.keep, initargs=(d,), max_tasks_per_child=1) as pool:
+        pids = [
+            pool.submit(_mp_tasks.manager_dict_set_kept, f"k{i}").result(timeout=30)
+            for i in range(3)
+        ]
+    assert sorted(d.keys()) == ["k0", "k1", "k2"]
+    assert sorted(d.values()) == sorted(pids)
+
+
 # -- forks the program makes right after Pool() -----------------------------------------
 
 _FORK_AFTER_POOL = """
