@@ -50,6 +50,7 @@ def measure(way: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": root}
     out = subprocess.run(
         [sys.executable, "-c", _ONE, way],
+        cwd=root,  # "-c" puts the working directory first on sys.path
         env=env,
         capture_output=True,
         text=True,
