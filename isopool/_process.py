@@ -185,10 +185,17 @@ class ForkServer:
                 _forkserver.run_forked(child_sock.detach(), parent_pid)
             finally:
                 os._exit(70)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        child_sock.close()
-        server = cls.__new__(cls)
-        server._attach(parent_sock, _Child(pid), init)
+        child = _Child(pid)
+        try:  # a Ctrl-C pending since the fork lands here: leave no server behind
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            child_sock.close()
+            server = cls.__new__(cls)
+            server._attach(parent_sock, child, init)
+        except BaseException:
+            parent_sock.close()
+            child.kill()
+            child.wait()
+            raise
         return server
 
     def _attach(self, sock: socket.socket, process: _Child, init: InitPayload | None) -> None:

@@ -9,6 +9,7 @@ realistic case (a program that makes its objects, then its Pool).
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -33,15 +34,19 @@ KINDS = sorted(_mp_tasks.KINDS)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _resource_tracker() -> None:
-    """Start multiprocessing's resource tracker before no_orphans takes its snapshot.
+def _resource_tracker() -> Iterator[None]:
+    """Run multiprocessing's resource tracker for this module's tests only.
 
-    Named semaphores register with it; it lives as long as this process, like any
-    program's, and would otherwise look like a process leaked by the first test.
+    Named semaphores register with it. Started before no_orphans takes its first
+    snapshot, it is not a leak of the first test; stopped after the module, it is not
+    a process that later tests (which count this process's children) find running.
     """
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
+    yield
+    gc.collect()  # unregister this module's semaphores before the tracker goes
+    resource_tracker._resource_tracker._stop()
 
 
 @pytest.fixture
