@@ -18,7 +18,8 @@ A guide, in the order of Elixir's ``Task`` docs:
 
 # Layout: _errors (exceptions) · _spec (task options) · _policy (restart logic) ·
 # _wire (frames, pickling) · _worker (the worker loop) · _forkserver / _process (OS
-# processes) · _monitor (the supervising thread) · _outcome (settling futures) ·
+# processes) · _share (multiprocessing objects in initargs) · _monitor (the supervising
+# thread) · _outcome (settling futures) ·
 # _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
 # _many (await_many, yield_many) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·

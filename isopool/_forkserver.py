@@ -2,33 +2,93 @@
 
 Why it exists: the parent has a monitor thread (and the user's threads), so forking
 workers from it could copy a lock held by another thread into the child and deadlock
-there. Spawning a fresh interpreter per worker is safe but costs ~50 ms. The fork
-server is spawned once (``subprocess``, which is thread-safe), imports isopool's worker
-code and cloudpickle, freezes its heap for copy-on-write, and then forks a ready
-worker in about a millisecond for each request.
+there. The fork server is started once per pool, imports isopool's worker code and
+cloudpickle, freezes its heap for copy-on-write, and then forks a ready worker in about
+a millisecond for each request.
+
+How it starts (``_process.ForkServer``), one of two ways:
+
+- **A fork of the parent** (``run_forked``), when the parent runs exactly one thread,
+  its main thread, at ``Pool()`` (``/proc/self/task``): the fork takes ~1.2 ms, and
+  ``Pool()`` to a first result ~10-20 ms instead of ~110-170 ms on a loaded 2-CPU
+  machine (``benchmarks/forkserver_startup.py``); and it is the only way to hand the
+  workers ``multiprocessing`` objects made with the "fork" context (unnamed
+  semaphores, usable only by address; see ``_share``).
+  The fork is made in ``Pool.__init__`` before the monitor thread exists, from the main
+  thread, so it is safe (no lock can be held by another thread) and PR_SET_PDEATHSIG,
+  which fires when the *thread* that forked exits, fires when the process exits: the
+  main thread ends only with the process. The monitor takes the started server over.
+- **A fresh interpreter** (``main``, started with ``os.posix_spawn``, which is
+  thread-safe) from the monitor thread, which outlives the server, when the parent
+  runs threads, and for every restart of a server that died.
+
+What the forked server inherits from the parent, and what it does about it:
+
+- memory: the whole heap, copy-on-write; ``gc.freeze()`` first thing, so the parent's
+  garbage is never collected (and its finalizers never run) here. The cost: a page
+  the parent writes later is copied, the server keeping the old one, so a pool made
+  after loading a large data set that the program then changes can pin up to that
+  much memory for the pool's life (create pools early, as with the fork start
+  method). Workers map that heap too; ``memory_limit`` counts from a worker's own
+  size, not from zero, for that reason (``_worker._set_memory_limit``).
+- ``sys.modules`` and the parent's ``__main__``: workers find the parent's functions
+  and imported modules already there (the fresh interpreter imports them on demand),
+  and the parent's module state as of ``Pool()``: its logging configuration, say,
+  whose file handlers now write to ``/dev/null`` (see below). Configure workers in the
+  initializer, as on the fresh path.
+- descriptors: every descriptor number >= 3 except the server's socket (and
+  ``multiprocessing``'s resource-tracker pipe) is pointed at ``/dev/null`` (``dup2``,
+  which closes what it held), and stdin too, as the fresh server's. Closing them
+  would release the parent's pipes and sockets as well, but would let the server
+  reuse their numbers while the parent's objects in the inherited heap (a logging
+  FileHandler, a socket) still name them: a worker logging through an inherited
+  handler would write into its result pipe. So the parent's files are closed here;
+  the numbers stay taken.
+- signals: every handler is reset to the default (SIGINT, SIGPIPE and SIGXFSZ are
+  ignored, as in a fresh interpreter's server), the wake-up fd is cleared and the
+  signal mask emptied; the parent blocks signals around the fork so that none of its
+  handlers runs here.
+- ``multiprocessing``'s state: the finalizer registry and the list of children are
+  cleared, as ``Process._bootstrap`` does, so a worker's exit never runs the parent's
+  finalizers (which would, for one, shut down the parent's Manager).
+- ``random``: ``os.fork`` reseeds it in every child (the server and each worker);
+  other generators (numpy's global one) are copied as they are.
+- it never returns into the caller's stack and never runs atexit handlers: it ends
+  with ``os._exit``. Buffered stdout/stderr are flushed before the fork.
 
 Protocol over one ``SOCK_SEQPACKET`` socket pair (message boundaries kept)::
 
-    parent -> server   config pickle (sys.path, initializer bytes), on its own pipe
+    parent -> server   CONFIG nfds nbytes              the configuration follows:
+    parent -> server   FDS k 0      + k fds (k <= 250)  ceil(nfds / 250) messages
+    parent -> server   nbytes of config pickle, in chunks of CONFIG_CHUNK bytes
+                       (sys.path, multiprocessing authkey, initializer pickle)
     server -> parent   READY
     parent -> server   SPAWN worker_id max_tasks     + 3 fds (call_r, result_w, control_r)
     server -> parent   SPAWNED worker_id pid
     server -> parent   EXITED pid wait_status          (the server reaps every worker)
     server -> parent   SPAWN_FAILED worker_id errno    (fork failed, or the fds were lost)
 
-Lifetime: the server gets SIGTERM when the parent's monitor thread dies
-(PR_SET_PDEATHSIG), and stops when it does or when its socket reaches EOF; it
-then kills every worker and everything they left behind before it exits. Each
-worker dies with the server (PR_SET_PDEATHSIG), so a SIGKILLed parent leaves
-nothing behind. Workers get their own process group, so a time-out can stop
-everything a task started, and both the server and each worker are child
-subreapers, so processes that leave the group are found too (see ``_reaper``).
+The configuration travels over the socket with its length announced, never on a pipe
+read to EOF: a fork the program makes right after ``Pool()`` (``os.fork``,
+``multiprocessing.Manager()``) holds a copy of every descriptor, so an EOF may never
+come. Every descriptor is close-on-exec (received ones with ``MSG_CMSG_CLOEXEC``).
+
+Lifetime: the server gets SIGTERM when the thread that started it dies
+(PR_SET_PDEATHSIG), and stops when it does or when its socket reaches EOF (the parent
+shuts the socket down, which reaches the server even if a foreign fork holds a copy);
+it then kills every worker and everything they left behind before it exits. Each
+worker dies with the server (PR_SET_PDEATHSIG), so a SIGKILLed parent leaves nothing
+behind. Workers get their own process group, so a time-out can stop everything a
+task started, and both the server and each worker are child subreapers, so processes
+that leave the group are found too (see ``_reaper``).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import faulthandler
 import gc
 import os
 import pickle
@@ -38,18 +98,25 @@ import socket
 import struct
 import sys
 import time
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from . import _reaper
+from ._worker import Initializer
 
 __all__ = [
+    "CONFIG",
+    "CONFIG_CHUNK",
     "EXITED",
+    "FDS",
+    "MAX_FDS_PER_MESSAGE",
     "MESSAGE",
     "READY",
     "SPAWN",
     "SPAWNED",
     "SPAWN_FAILED",
     "main",
+    "recv_fds",
+    "run_forked",
     "set_parent_death_signal",
 ]
 
@@ -59,9 +126,22 @@ SPAWN: Final = 2
 SPAWNED: Final = 3
 EXITED: Final = 4
 SPAWN_FAILED: Final = 5
+CONFIG: Final = 6
+FDS: Final = 7
+# The kernel takes at most SCM_MAX_FD (253) descriptors in one message.
+MAX_FDS_PER_MESSAGE: Final = 250
+# A SEQPACKET message must fit in the socket's send buffer (~208 KiB by default, less
+# when lowered): 32 KiB pieces are safe and few (a 10 MB initializer is 320 sends).
+CONFIG_CHUNK: Final = 32 * 1024
+# The parent sends the whole configuration right after starting the server; the
+# server exits rather than wait longer than this for it.
+CONFIG_TIMEOUT: Final = 60.0
 
 _EXIT_SETUP_FAILED: Final = _reaper.EXIT_SETUP_FAILED
 _WORKER_FDS: Final = 3  # call_r, result_w, control_r
+# A fresh interpreter's server ignores these as the parent's Python does at start-up
+# (SIGPIPE, SIGXFSZ) or because Ctrl-C is the parent's to handle (SIGINT).
+_IGNORED_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ})
 
 
 def set_parent_death_signal(expected_parent: int) -> None:
@@ -74,35 +154,178 @@ def set_parent_death_signal(expected_parent: int) -> None:
     _reaper.set_parent_death_signal(expected_parent, signal.SIGTERM)
 
 
-def main(fd: int, config_fd: int, parent_pid: int) -> NoReturn:
+def main(fd: int, parent_pid: int) -> NoReturn:
     """Serve fork requests on socket ``fd`` until EOF; never returns.
 
-    ``config_fd`` is a pipe carrying one pickle (sys.path, initializer), then EOF.
+    The entry point of a fresh interpreter started by ``_process.ForkServer``.
     """
     set_parent_death_signal(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.set_inheritable(fd, False)  # passed by dup2, so inheritable
+    # posix_spawn closes only close-on-exec descriptors: drop any other the parent
+    # left inheritable, so the server holds nothing of the program's open.
+    os.closerange(3, fd)
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    _serve(fd)
+
+
+def run_forked(fd: int, parent_pid: int) -> NoReturn:
+    """Become the fork server in a fork of the parent; never returns.
+
+    Called in the child of ``_process.ForkServer.fork``, with every signal blocked and
+    ``gc`` frozen; see the module docstring for what is inherited and reset here.
+    """
+    try:
+        _reset_signals()
+        set_parent_death_signal(parent_pid)
+        _plug_inherited_fds(keep={fd, *_multiprocessing_fds()})
+        if faulthandler.is_enabled():  # its file may have been one of the plugged fds
+            faulthandler.enable(2)
+        _forget_parent_multiprocessing()
+        _serve(fd)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # the fresh server's failures are printed too
+    finally:
+        os._exit(_EXIT_SETUP_FAILED)
+
+
+def _serve(fd: int) -> NoReturn:
     sock = socket.socket(fileno=fd)
-    with os.fdopen(config_fd, "rb") as pipe:
-        config = pickle.loads(pipe.read())
+    config, fds = _receive_config(sock)
     sys.path[:] = config["sys_path"]
-    initializer: bytes | None = config["initializer"]
-    _preload()
+    _set_authkey(config["authkey"])
+    data: bytes | None = config["initializer"]
+    initializer = None if data is None else Initializer(data, tuple(fds))
+    _preload(bool(fds))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     gc.freeze()  # keep the imported heap shared with the workers (no refcount COW churn)
-    sock.send(MESSAGE.pack(READY, 0, 0))
+    try:
+        sock.send(MESSAGE.pack(READY, 0, 0))
+    except OSError:  # the pool was closed before we were ready: nothing to serve
+        os._exit(0)
     server = _Server(sock, initializer, (wake_r, wake_w))
     server.run()
     os._exit(0)
 
 
-def _preload() -> None:
+def _receive_config(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Read the CONFIG header, its descriptors and exactly its announced bytes."""
+    sock.settimeout(CONFIG_TIMEOUT)
+    op, nfds, nbytes = MESSAGE.unpack(_recv_message(sock, MESSAGE.size))
+    if op != CONFIG or nfds < 0 or nbytes < 0:
+        raise RuntimeError(f"isopool fork server: expected CONFIG, got op {op}")
+    fds: list[int] = []
+    while len(fds) < nfds:
+        msg, got, flags = recv_fds(sock, MESSAGE.size, MAX_FDS_PER_MESSAGE)
+        fds.extend(got)
+        if len(msg) != MESSAGE.size or flags & socket.MSG_CTRUNC:
+            raise RuntimeError("isopool fork server: descriptors lost in CONFIG")
+        op, count, _ = MESSAGE.unpack(msg)
+        if op != FDS or count != len(got):
+            raise RuntimeError(f"isopool fork server: expected FDS, got op {op}")
+    data = bytearray(nbytes)
+    view = memoryview(data)
+    done = 0
+    while done < nbytes:
+        size = min(CONFIG_CHUNK, nbytes - done)
+        if sock.recv_into(view[done:], size) != size:
+            raise RuntimeError("isopool fork server: the configuration was cut short")
+        done += size
+    sock.settimeout(None)
+    config: dict[str, Any] = pickle.loads(data)
+    return config, fds
+
+
+def recv_fds(sock: socket.socket, size: int, maxfds: int) -> tuple[bytes, list[int], int]:
+    """Receive one message and up to ``maxfds`` descriptors, close-on-exec.
+
+    ``socket.recv_fds`` ignores its ``flags`` argument (3.11 to 3.13 at least), so it
+    cannot ask for MSG_CMSG_CLOEXEC: its descriptors would leak into any program a
+    task runs with ``close_fds=False``.
+    """
+    fds = array.array("i")
+    msg, ancdata, flags, _addr = sock.recvmsg(
+        size, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds), flags
+
+
+def _recv_message(sock: socket.socket, size: int) -> bytes:
+    msg = sock.recv(size)
+    if len(msg) != size:
+        raise RuntimeError("isopool fork server: the parent closed the socket at start-up")
+    return msg
+
+
+def _set_authkey(authkey: object) -> None:
+    # The parent's key, so workers can talk to its multiprocessing Managers and
+    # Listeners (a proxy authenticates with current_process().authkey).
+    if isinstance(authkey, bytes):
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = authkey
+
+
+def _reset_signals() -> None:
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        handler = signal.SIG_IGN if sig in _IGNORED_SIGNALS else signal.SIG_DFL
+        with contextlib.suppress(OSError, ValueError):  # signals the C library reserves
+            signal.signal(sig, handler)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _plug_inherited_fds(keep: set[int]) -> None:
+    """Point every inherited descriptor number >= 3 but ``keep`` at /dev/null; stdin too."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != devnull and fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd, already closed
+                os.dup2(devnull, fd, inheritable=False)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def _multiprocessing_fds() -> list[int]:
+    """Descriptors of the parent's multiprocessing machinery that workers keep using."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    fd = getattr(getattr(tracker, "_resource_tracker", None), "_fd", None)
+    # The resource tracker's pipe: workers register what they create there, as a
+    # forked multiprocessing child does; it only delays the tracker's exit to ours.
+    return [fd] if isinstance(fd, int) else []
+
+
+def _forget_parent_multiprocessing() -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._finalizer_registry.clear()  # as Process._bootstrap does in a child
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process._children = set()  # type: ignore[attr-defined]  # as Process._bootstrap does
+
+
+def _preload(has_fds: bool) -> None:
     import cloudpickle  # noqa: F401 - imported once here so workers start with it
 
     from . import _errors, _spec, _worker  # noqa: F401 - same reason
+
+    if has_fds:  # the initializer holds multiprocessing objects: what they need
+        import multiprocessing.forkserver
+        import multiprocessing.synchronize  # noqa: F401
+
+        from . import _share  # noqa: F401
 
 
 class _Server:
@@ -113,7 +336,7 @@ class _Server:
     """
 
     def __init__(
-        self, sock: socket.socket, initializer: bytes | None, wake: tuple[int, int]
+        self, sock: socket.socket, initializer: Initializer | None, wake: tuple[int, int]
     ) -> None:
         self.sock = sock
         self.initializer = initializer
@@ -162,7 +385,7 @@ class _Server:
 
     def _serve_request(self) -> bool:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(self.sock, MESSAGE.size, _WORKER_FDS)
+            msg, fds, _flags = recv_fds(self.sock, MESSAGE.size, _WORKER_FDS)
         except OSError:
             return False
         if not msg:

@@ -84,6 +84,7 @@ from ._process import (
 )
 from ._queue import DelayedQueue, PendingQueue
 from ._resolver import Resolver
+from ._share import InitPayload
 from ._spec import ShutdownTimeout, TaskOptions, describe_function
 from ._task import Task
 
@@ -126,7 +127,8 @@ class Monitor:
         name: str,
         max_workers: int,
         max_tasks_per_child: int | None,
-        initializer: bytes | None,
+        initializer: InitPayload | None,
+        server: ForkServer | None = None,
     ) -> None:
         self.name = name
         self.max_workers = max_workers
@@ -147,6 +149,7 @@ class Monitor:
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
         self._server: ForkServer | None = None
+        self._first_server = server  # forked by Pool.__init__; taken by _start_server
         self._server_restarts = RestartIntensity(max_restarts=3, max_seconds=10.0)
         self._broken_cause: BaseException | None = None
         self._resolver = Resolver(name)  # runs callbacks and crash logs: user code
@@ -642,10 +645,12 @@ class Monitor:
             self._flush_locked(worker)
 
     def _start_server(self) -> None:
-        try:
-            server = ForkServer(self._initializer)
-        except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
-            raise BrokenPoolError(describe_start_failure(exc)) from exc
+        server, self._first_server = self._first_server, None
+        if server is None:
+            try:
+                server = ForkServer(self._initializer)
+            except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
+                raise BrokenPoolError(describe_start_failure(exc)) from exc
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)

@@ -34,10 +34,11 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
-from . import _wire
 from ._errors import PoolClosedError
 from ._monitor import Monitor, State
 from ._policy import RestartIntensity
+from ._process import ForkServer, is_single_threaded
+from ._share import InitPayload, dumps_initializer
 from ._spec import (
     TaskOptions,
     check_buffersize,
@@ -97,7 +98,12 @@ class Pool(Executor):
             workers always come from isopool's fork server.
         initializer: Called in each new worker before its first task. If it
             raises, the pool is broken (``BrokenPoolError``), as in the stdlib.
-        initargs: Arguments for ``initializer``.
+        initargs: Arguments for ``initializer``. ``multiprocessing`` objects may be
+            passed here, as to ``multiprocessing.Process``: locks, semaphores,
+            events, conditions, barriers, queues, shared values and arrays, pipe
+            connections, Manager proxies. Those made with the "fork" context (the
+            default on Linux before Python 3.14) only when the process runs no other
+            thread at ``Pool()``, since the fork server must then be a fork of it.
         max_tasks_per_child: Replace a worker after this many tasks; 1 gives
             every task a fresh process. Default: workers live on.
         timeout: Seconds a task may run before its worker is stopped and the task
@@ -126,7 +132,8 @@ class Pool(Executor):
     Raises:
         ValueError: a number is out of range, or an option is not one of its
             allowed values; the message names the parameter and the value
-            (``max_workers must be greater than 0, got 0``, as the stdlib says).
+            (``max_workers must be greater than 0, got 0``, as the stdlib says); or
+            ``initargs`` holds a fork-context semaphore that cannot reach the workers.
         TypeError: an argument has the wrong type.
 
     Example:
@@ -173,12 +180,17 @@ class Pool(Executor):
             memory_limit=memory_limit,
         )
         _refuse_permanent(self._options, "Pool(restart=...)")
-        init = _wire.dumps((initializer, initargs)) if initializer is not None else None
         self._names: dict[str, None] = {}
         _register_exit_hook()
-        self._monitor = Monitor(
-            name or f"pool-{next(_pool_ids)}", max_workers, max_tasks_per_child, init
-        )
+        init, server = _start_fork_server(initializer, initargs)
+        try:
+            self._monitor = Monitor(
+                name or f"pool-{next(_pool_ids)}", max_workers, max_tasks_per_child, init, server
+            )
+        except BaseException:
+            if server is not None:
+                server.close(timeout=1.0)
+            raise
         _live_monitors.add(self._monitor)
 
     def __repr__(self) -> str:
@@ -533,6 +545,25 @@ class PoolOptions:
     def options(self, **changes: object) -> PoolOptions:
         """Return a view with ``changes`` applied on top of this one's settings."""
         return PoolOptions(self._pool, self._options.replace(**changes))
+
+
+def _start_fork_server(
+    initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> tuple[InitPayload | None, ForkServer | None]:
+    """Pickle the initializer and, when this process is single-threaded, fork the server.
+
+    The fork happens here, on the caller's (main) thread, before the monitor thread
+    exists: the one moment the process is known to run no other thread. Then the
+    server is a fork made after ``initargs`` existed, so fork-context semaphores can be
+    passed to it; otherwise the monitor starts a fresh interpreter and such objects are
+    refused here, naming them. See ``_forkserver`` for what the forked server inherits.
+    """
+    fork = is_single_threaded()
+    init = None if initializer is None else dumps_initializer(initializer, initargs, fork)
+    server = ForkServer.fork(init) if fork else None
+    if server is None and init is not None and init.fork_only and initializer is not None:
+        dumps_initializer(initializer, initargs, fork=False)  # raises, naming the object
+    return init, server
 
 
 def _given(**options: object) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import pickle
 import resource
@@ -19,10 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Final
 
 from . import _forkserver, _reaper, _wire
+from ._errors import BrokenPoolError
+from ._share import InitPayload
 
 __all__ = [
     "ExitInfo",
@@ -31,6 +36,7 @@ __all__ = [
     "decode_exit",
     "describe_spawn_failure",
     "describe_start_failure",
+    "is_single_threaded",
     "limit_hint",
     "signal_group",
 ]
@@ -184,8 +190,8 @@ def limit_hint(err: int | None) -> str:
     if err == errno.EMFILE:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return (
-            "isopool needs 4 descriptors per worker (two pipes, two of them only until the "
-            "worker starts) and 4 per pool; the limit on open files (RLIMIT_NOFILE, "
+            "isopool needs 6 descriptors per worker (three pipes, three of them only until "
+            "the worker starts) and 4 per pool; the limit on open files (RLIMIT_NOFILE, "
             f"ulimit -n) is {_limit_text(soft)}: raise it, or use fewer workers"
         )
     if err == errno.ENFILE:
@@ -228,42 +234,84 @@ def _close(fd: int) -> None:
 class ForkServer:
     """The parent's handle on one fork server process.
 
-    Start it from the thread that will outlive it (the monitor thread): Linux's
-    parent-death signal fires when the *thread* that started a process exits.
+    Two ways to start one (see ``_forkserver``): ``ForkServer(init)`` starts a fresh
+    interpreter; call it from the thread that will outlive the server (the monitor
+    thread), as Linux's parent-death signal fires when the *thread* that started a
+    process exits. ``ForkServer.fork(init)`` forks this process instead, from the main
+    thread of a single-threaded process (``Pool.__init__``, before the monitor starts).
+    Either way the configuration (sys.path, the multiprocessing authkey, the pickled
+    initializer and its descriptors) is sent over the socket before anything else.
     """
 
-    def __init__(self, initializer: bytes | None) -> None:
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config_r, config_w = os.pipe()
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
-            "from isopool._forkserver import main; "
-            f"main({child_sock.fileno()}, {config_r}, {os.getpid()})"
-        )
-        args = [sys.executable, *_interpreter_flags(), "-c", boot]
-        try:
-            self.process = subprocess.Popen(
-                args, pass_fds=[child_sock.fileno(), config_r], stdin=subprocess.DEVNULL
+    def __init__(self, init: InitPayload | None) -> None:
+        if init is not None and init.fork_only:
+            raise BrokenPoolError(
+                "isopool fork server must be (re)started, but the initializer's "
+                f"{', '.join(init.fork_only)} can only reach a fork of this process, "
+                "which now runs threads; create such objects with "
+                "multiprocessing.get_context('forkserver')"
             )
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = _spawn_interpreter(child_sock.fileno())
         except BaseException:
             parent_sock.close()
-            os.close(config_w)
             raise
         finally:
             child_sock.close()
-            os.close(config_r)
-        self.sock = parent_sock
-        self.ready = False
-        # The config goes through a pipe, not the socket: a SEQPACKET message is capped
-        # by the socket buffer, and a pickled initializer can be large. The write
-        # blocks only until the server (which reads it first) has started.
-        config = {"sys_path": list(sys.path), "initializer": initializer}
+        self._attach(parent_sock, process, init)
+
+    @classmethod
+    def fork(cls, init: InitPayload | None) -> ForkServer | None:
+        """Start the server as a fork of this process; None when that is not safe now.
+
+        Only from the main thread of a process that runs no other thread: the fork
+        then copies no lock held elsewhere, and the server's parent-death signal
+        fires only when the process exits.
+        """
+        if not is_single_threaded():
+            return None
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _flush_std_streams()  # or the buffered text would be written again by workers
+        parent_pid = os.getpid()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            with os.fdopen(config_w, "wb") as pipe:
-                pipe.write(pickle.dumps(config))
-        except BrokenPipeError:
-            pass  # the server died at start-up; the monitor sees EOF on the socket
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            parent_sock.close()
+            child_sock.close()
+            return None
+        if pid == 0:  # the fork server; never returns into the caller's stack
+            try:
+                gc.freeze()  # the parent's garbage is never collected (finalized) here
+                _forkserver.run_forked(child_sock.detach(), parent_pid)
+            finally:
+                os._exit(70)
+        child = _Child(pid)
+        try:  # a Ctrl-C pending since the fork lands here: leave no server behind
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            child_sock.close()
+            server = cls.__new__(cls)
+            server._attach(parent_sock, child, init)
+        except BaseException:
+            parent_sock.close()
+            child.kill()
+            child.wait()
+            raise
+        return server
+
+    def _attach(self, sock: socket.socket, process: _Child, init: InitPayload | None) -> None:
+        self.sock = sock
+        self.process = process
+        self.ready = False
+        try:
+            _send_config(sock, init)
+        except OSError:
+            # The server died at start-up, or did not read in time: make sure it is
+            # gone, so that the monitor sees EOF and reports a start-up failure.
+            with contextlib.suppress(OSError):
+                process.kill()
 
     @property
     def pid(self) -> int:
@@ -295,12 +343,144 @@ class ForkServer:
 
     def close(self, timeout: float) -> None:
         """Close the socket (the server exits on EOF); kill it after ``timeout`` s."""
+        # shutdown() reaches the server even when a fork the program made holds a
+        # copy of our end (close() alone would then never give it EOF).
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _send_config(sock: socket.socket, init: InitPayload | None) -> None:
+    """Send CONFIG, the descriptors, then the config pickle; see ``_forkserver``."""
+    import multiprocessing
+
+    config = pickle.dumps(
+        {
+            "sys_path": list(sys.path),
+            "authkey": bytes(multiprocessing.current_process().authkey),
+            "initializer": None if init is None else init.data,
+        },
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+    fds = () if init is None else init.fds
+    sock.settimeout(_forkserver.CONFIG_TIMEOUT)
+    try:
+        sock.send(_forkserver.MESSAGE.pack(_forkserver.CONFIG, len(fds), len(config)))
+        step = _forkserver.MAX_FDS_PER_MESSAGE
+        for start in range(0, len(fds), step):
+            group = fds[start : start + step]
+            msg = _forkserver.MESSAGE.pack(_forkserver.FDS, len(group), 0)
+            socket.send_fds(sock, [msg], list(group))
+        view = memoryview(config)
+        for start in range(0, len(config), _forkserver.CONFIG_CHUNK):
+            sock.sendall(view[start : start + _forkserver.CONFIG_CHUNK])
+    finally:
+        sock.settimeout(None)
+
+
+def _spawn_interpreter(sock_fd: int) -> _Child:
+    """Start ``python -c "...main(fd, ppid)"`` with the socket as its fd 3 (or 4).
+
+    ``os.posix_spawn``, not ``subprocess.Popen``: Popen waits for EOF on an error pipe
+    until the exec, and a fork another thread makes meanwhile (``os.fork``, a fork
+    context ``Manager()``) holds that pipe open for its whole life, stalling the pool's
+    start as long. posix_spawn reports exec failures without a pipe.
+    """
+    target = 3 if sock_fd != 3 else 4
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = (
+        f"import sys; sys.path.insert(0, {package_root!r}); "
+        "from isopool._forkserver import main; "
+        f"main({target}, {os.getpid()})"
+    )
+    args = [sys.executable, *_interpreter_flags(), "-c", boot]
+    pid = os.posix_spawn(
+        sys.executable,
+        args,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, sock_fd, target),  # dup2 clears close-on-exec
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        ],
+        setsigmask=(),
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as Popen's restore_signals
+    )
+    return _Child(pid)
+
+
+class _Child:
+    """The part of ``subprocess.Popen`` the monitor uses, for the fork server's pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Reap the child if it has exited; return its exit code or None."""
+        if self.returncode is None:
+            self._reap(os.WNOHANG)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit; raise ``subprocess.TimeoutExpired`` after ``timeout``."""
+        if timeout is None:
+            code = self.returncode
+            while code is None:
+                self._reap(0)
+                code = self.returncode
+            return code
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(f"isopool fork server {self.pid}", timeout)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+        return self.poll() or 0
+
+    def kill(self) -> None:
+        """SIGKILL the child unless it has been reaped (its pid may be reused then)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _reap(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # someone else reaped it (waitpid(-1)): status lost
+            self.returncode = 0
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+
+def is_single_threaded() -> bool:
+    """Whether this process runs one thread, its main one (from ``/proc/self/task``).
+
+    ``threading.active_count()`` is not enough: threads started by C libraries
+    (BLAS pools, gRPC) or by ``faulthandler`` are not counted there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if threading.get_native_id() != os.getpid():
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
 
 
 def _interpreter_flags() -> list[str]:

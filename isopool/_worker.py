@@ -40,23 +40,34 @@ import resource
 import sys
 import threading
 from collections.abc import Callable
-from typing import Final, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 from . import _wire
 from ._errors import Shutdown
 from ._reaper import EXIT_PIPE_LOST
 
-__all__ = ["run_chunk", "serve"]
+__all__ = ["Initializer", "run_chunk", "serve"]
 
 _READ_SIZE = 1 << 20
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
+
+
+class Initializer(NamedTuple):
+    """A pool's pickled ``(initializer, initargs)`` as the fork server holds it.
+
+    ``fds`` are the server's copies of the descriptors that ``multiprocessing``
+    objects in the pickle refer to by index (see ``_share``); each worker inherits them.
+    """
+
+    payload: bytes
+    fds: tuple[int, ...]
 
 
 def serve(
     call_fd: int,
     result_fd: int,
     max_tasks: int,
-    initializer: bytes | None,
+    initializer: Initializer | None,
     control_fd: int = -1,
 ) -> NoReturn:
     """Run calls from ``call_fd`` until EOF or ``max_tasks`` (0: no limit), then exit.
@@ -182,9 +193,11 @@ def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None
             return frames
 
 
-def _run_initializer(result_fd: int, payload: bytes) -> None:
+def _run_initializer(result_fd: int, init: Initializer) -> None:
     try:
-        initializer, initargs = pickle.loads(payload)
+        if init.fds:
+            _inherit_fds(init.fds)
+        initializer, initargs = pickle.loads(init.payload)
         initializer(*initargs)
     except SystemExit:
         raise
@@ -192,6 +205,28 @@ def _run_initializer(result_fd: int, payload: bytes) -> None:
         info = [_wire.qualified_name(type(exc)), _safe_str(exc), _wire.format_exception(exc)]
         _send(result_fd, _wire.INIT_FAILED, 0, json.dumps(info).encode())
         _exit(3)
+
+
+def _inherit_fds(fds: tuple[int, ...]) -> None:
+    # Where multiprocessing's DupFd (ours, _share.DupFd, and its own forkserver's)
+    # finds the descriptors a pickled Connection, Arena or socket refers to by index.
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._inherited_fds = list(fds)  # type: ignore[attr-defined]  # as forkserver.main does in its children
+
+
+def _finish_multiprocessing() -> None:
+    """Run multiprocessing's exit finalizers, as a multiprocessing child does.
+
+    A ``multiprocessing.Queue`` put from this worker is written by a feeder thread;
+    without this the last records (a QueueHandler's logs) would be lost at os._exit.
+    The fork server cleared the finalizers it inherited, so only this worker's run.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    with contextlib.suppress(BaseException):
+        util._exit_function()  # what Process._bootstrap calls at a child's end
 
 
 def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
@@ -247,12 +282,35 @@ def _resolve(name: str) -> Callable[..., object]:
     return fn
 
 
+_data_baseline: int | None = None  # this worker's data size when it first set a limit
+
+
 def _set_memory_limit(limit: int) -> None:
     # RLIMIT_DATA (Linux >= 4.7) counts the heap and private anonymous mappings, which
     # is where Python's objects live; RLIMIT_AS would also count reserved-but-unused
     # address space (thread stacks, BLAS arenas) and fail far too early.
+    # It counts what the worker inherited too: a fork server forked from a parent with
+    # a 2 GB heap gives each worker 2 GB of (shared) mappings, so the limit is set on
+    # top of the worker's own size, measured once.
+    global _data_baseline
+    if limit != resource.RLIM_INFINITY:
+        if _data_baseline is None:
+            _data_baseline = _data_size()
+        limit += _data_baseline
     _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _data_size() -> int:
+    """This process's data size in bytes (VmData, what RLIMIT_DATA is checked against)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _send_exception(result_fd: int, task_id: int, exc: BaseException, nested: bool = False) -> None:
@@ -360,5 +418,6 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _exit(code: int) -> NoReturn:
+    _finish_multiprocessing()
     _flush_stdio()
     os._exit(code)

@@ -101,7 +101,7 @@ def test_pool_without_descriptors_for_its_pipes_raises_at_creation():
     assert isinstance(report["error"], list)
     errno_, message = report["error"]
     assert errno_ == 24
-    assert "4 descriptors per worker" in message
+    assert "6 descriptors per worker" in message
     assert "RLIMIT_NOFILE" in message
 
 
@@ -109,12 +109,16 @@ def test_pool_without_descriptors_for_its_fork_server_fails_its_first_task():
     """With fds for the pipes but not the fork server, the first task says which limit."""
     report = run_script(
         """
+        import threading
+        # A thread of our own: the fork server is then a fresh interpreter, started
+        # by the monitor thread (a single-threaded program forks it in Pool()).
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
         LIMIT = resource.RLIMIT_NOFILE
         soft, hard = resource.getrlimit(LIMIT)
         before = fds()
-        # The pool's epoll and wake-up pipe (3) and one worker's pipes (4) fit; the
+        # The pool's epoll and wake-up pipe (3) and one worker's pipes (6) fit; the
         # fork server's socket pair does not.
-        resource.setrlimit(LIMIT, (before + 3 + 4 + 1, hard))
+        resource.setrlimit(LIMIT, (before + 3 + 6, hard))
         pool = isopool.Pool(1)
         try:
             pool.submit(_tasks.echo, 1).result(timeout=30)
