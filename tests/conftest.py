@@ -7,8 +7,9 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,21 @@ def one_worker() -> Iterator[isopool.Pool]:
         yield p
     finally:
         p.terminate()
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., isopool.Pool]]:
+    """A factory of isopool pools with any options, all terminated at teardown."""
+    made: list[isopool.Pool] = []
+
+    def make(*args: Any, **kwargs: Any) -> isopool.Pool:
+        pool = isopool.Pool(*args, **kwargs)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.terminate()
 
 
 # The Redis fixtures (redis_server, redis_factory, queues, processes) live in tests/_redis.py.

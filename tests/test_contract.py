@@ -68,21 +68,6 @@ def executor(request):
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.fixture
-def make_pool():
-    """A factory of isopool pools, all terminated at teardown."""
-    made = []
-
-    def make(*args, **kwargs):
-        pool = isopool.Pool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.terminate()
-
-
 class Blocker:
     """A task that holds its worker until released: ``ready_then_wait_for_gate``."""
 

@@ -157,21 +157,6 @@ def executor(make_executor):
     return make_executor(2)
 
 
-@pytest.fixture
-def make_pool():
-    """A factory of isopool pools with any options, all terminated at teardown."""
-    made = []
-
-    def make(*args, **kwargs):
-        pool = isopool.Pool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.terminate()
-
-
 # -- the Executor contract, on both executors ------------------------------------------
 
 
