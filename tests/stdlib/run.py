@@ -151,7 +151,13 @@ PENDING_FIXES: dict[str, str] = {
         "(AuthenticationError: digest sent was rejected -> SerializationError). Fix: put "
         "the parent's current_process().authkey in the fork server's config pickle "
         "(_process.ForkServer) and set it in _forkserver.main before forking, as "
-        "multiprocessing.spawn.prepare() does"
+        "multiprocessing.spawn.prepare() does. Second bug, fork mixin only (seen on 3.13 "
+        "under load): the test forks the Manager right after Pool() while the monitor "
+        "thread is inside subprocess.Popen for the fork server; the forked child inherits "
+        "Popen's exec-error pipe and never execs, so Popen's read of that pipe blocks until "
+        "the Manager exits and the pool never starts (the task hangs). Fix: start the fork "
+        "server with os.posix_spawn (no error pipe), or hold a lock around that Popen that "
+        "os.register_at_fork(before=...) also takes"
     ),
     "ExecutorShutdownTest.test_submit_after_interpreter_shutdown": (
         "in a child, submit() from an atexit hook after interpreter shutdown must print "
