@@ -119,7 +119,9 @@ def ignore_sigterm_then_hang(ready_file):
 
 
 def write_then_hang(path):
-    Path(path).write_text(str(os.getpid()))
+    # Written whole, then renamed: a reader never sees the file empty (it did on 3.12).
+    Path(f"{path}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{path}.tmp", path)
     time.sleep(3600)
 
 
