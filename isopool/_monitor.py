@@ -179,6 +179,11 @@ class Monitor:
         """The pool's state."""
         return self._state
 
+    @property
+    def broken_cause(self) -> BaseException | None:
+        """Why the pool broke (None unless it is BROKEN)."""
+        return self._broken_cause
+
     def new_task(
         self,
         fn: Callable[..., object] | str,

@@ -360,6 +360,16 @@ class Pool(Executor):
         """
         self._monitor.signal_workers(signal.SIGKILL)
 
+    @property
+    def _broken(self) -> str | bool:
+        """ProcessPoolExecutor's own flag: the reason the pool broke, or False.
+
+        Read by code (and CPython's tests) written for the stdlib; not public API.
+        """
+        if self._monitor.state is State.BROKEN:
+            return str(self._monitor.broken_cause) or "broken"
+        return False
+
     def stats(self) -> dict[str, int]:
         """Return the pool's counters.
 

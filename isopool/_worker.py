@@ -202,9 +202,24 @@ def _run_initializer(result_fd: int, init: Initializer) -> None:
     except SystemExit:
         raise
     except BaseException as exc:
+        _log_initializer_failure()
+        # Deliver what the initializer's handlers queued (a QueueHandler's record)
+        # before the parent hears of the failure: it breaks the pool at once, and
+        # ProcessPoolExecutor's caller finds the record there by then.
+        _finish_multiprocessing()
         info = [_wire.qualified_name(type(exc)), _safe_str(exc), _wire.format_exception(exc)]
         _send(result_fd, _wire.INIT_FAILED, 0, json.dumps(info).encode())
         _exit(3)
+
+
+def _log_initializer_failure() -> None:
+    """Log it where ProcessPoolExecutor's worker does, for handlers the initializer set."""
+    try:
+        import logging
+
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+    except BaseException:
+        pass
 
 
 def _inherit_fds(fds: tuple[int, ...]) -> None:

@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import pkgutil
+import signal
 import sys
 import unittest
 from collections.abc import Iterator
@@ -61,8 +62,6 @@ BY_DESIGN: dict[str, str] = {
         _PRIVATE + "_executor_manager_thread, _processes and _call_queue"
     ),
     "ExecutorDeadlockTest.test_shutdown_deadlock_pickle": _PRIVATE + "_executor_manager_thread",
-    # Its setUp fails first, on a Queue in initargs: see PENDING_FIXES' _QUEUE_INITARGS.
-    "FailingInitializerMixin.test_initializer": _PRIVATE + "_broken",
     # 3.13+: stops ProcessPoolExecutor's second internal thread (its queue feeder) from
     # starting; isopool starts one thread, so nothing fails and map() runs mul(x).
     "ProcessPoolExecutorTest.test_python_finalization_error": (
@@ -103,72 +102,7 @@ _QUEUE_INITARGS = (
     "pass_fds=those fds so workers inherit them (checked by hand: a spawn or forkserver "
     "Queue then works; a fork-context one cannot, by design)"
 )
-PENDING_FIXES: dict[str, str] = {
-    "FailingInitializerResourcesTest.test_spawn": _QUEUE_INITARGS,
-    "FailingInitializerResourcesTest.test_forkserver": _QUEUE_INITARGS,
-    "ExecutorDeadlockTest.test_error_at_task_pickle": "call pickle in the parent: " + _PICKLING,
-    "ExecutorDeadlockTest.test_error_during_result_pickle_on_worker": (
-        "result pickle in the worker: " + _PICKLING
-    ),
-    "ExecutorDeadlockTest.test_error_at_task_unpickle": (
-        "UnpicklingError at call unpickle in the worker: " + _UNPICKLING
-    ),
-    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler": (
-        "UnpicklingError at result unpickle in the parent: " + _UNPICKLING
-    ),
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": (
-        "SystemExit at result unpickle in the parent: " + _UNPICKLING
-    ),
-    "ExecutorDeadlockTest.test_exit_during_func_exec_on_worker": _SYSTEM_EXIT.format(
-        where="fn(*args, **kwargs)"
-    ),
-    "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker": _SYSTEM_EXIT.format(
-        where="_wire.dumps(value) (the result's __reduce__)"
-    ),
-    "ExecutorTest.test_free_reference": (
-        "asserts map()'s iterator drops each result once yielded (weakref dead after "
-        "gc); isopool's _pool._map_results keeps `task` (whose _result holds it) and "
-        "`result` as generator locals across the yield. Fix: never bind them across it, "
-        "e.g. `yield _take(in_flight.popleft(), end_time)` with a helper that returns "
-        "task.result() and dels task (the stdlib's _result_or_cancel), and for chunks "
-        "reverse the list and yield list.pop()"
-    ),
-    "ExecutorTest.test_max_workers_negative": (
-        "asserts ValueError matching 'max_workers must be greater than 0'; isopool says "
-        "'max_workers must be at least 1, got 0'. Fix: _spec.check_positive_int's text "
-        "'{name} must be greater than 0, got {value!r}' (or only for max_workers)"
-    ),
-    "ProcessPoolExecutorTest.test_traceback": (
-        "asserts type(exc.__cause__) is concurrent.futures.process._RemoteTraceback; "
-        "isopool chains its own isopool._wire.RemoteTraceback (same .tb, same str). Fix: "
-        "_wire.loads_exception chains concurrent.futures.process._RemoteTraceback(tb) "
-        "(imported there, parent side only), and RemoteTraceback goes"
-    ),
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": (
-        "sends a multiprocessing Manager proxy as an argument; unpickling it in the worker "
-        "connects with multiprocessing.current_process().authkey, which in isopool's "
-        "workers is the fork server's own random key, so the manager rejects it "
-        "(AuthenticationError: digest sent was rejected -> SerializationError). Fix: put "
-        "the parent's current_process().authkey in the fork server's config pickle "
-        "(_process.ForkServer) and set it in _forkserver.main before forking, as "
-        "multiprocessing.spawn.prepare() does. Second bug, fork mixin only (seen on 3.13 "
-        "under load): the test forks the Manager right after Pool() while the monitor "
-        "thread is inside subprocess.Popen for the fork server; the forked child inherits "
-        "Popen's exec-error pipe and never execs, so Popen's read of that pipe blocks until "
-        "the Manager exits and the pool never starts (the task hangs). Fix: start the fork "
-        "server with os.posix_spawn (no error pipe), or hold a lock around that Popen that "
-        "os.register_at_fork(before=...) also takes"
-    ),
-    "ExecutorShutdownTest.test_submit_after_interpreter_shutdown": (
-        "in a child, submit() from an atexit hook after interpreter shutdown must print "
-        "'RuntimeError: cannot schedule new futures' on stderr; isopool raises "
-        "PoolClosedError('cannot schedule new tasks after shutdown ...'), printed as "
-        "'isopool.PoolClosedError: cannot schedule new tasks ...'. Fix: once _pool._at_exit "
-        "has run, submit raises RuntimeError('cannot schedule new futures after "
-        "interpreter shutdown') as the stdlib does (or PoolClosedError raised `from` that "
-        "RuntimeError, so the traceback shows it)"
-    ),
-}
+PENDING_FIXES: dict[str, str] = {}
 
 # The stdlib's process-pool classes are these groups, each crossed with these mixins
 # (test_concurrent_futures' create_executor_tests names them "<mixin><group>Test").
@@ -212,14 +146,22 @@ def main(argv: list[str] | None = None) -> int:
         "--check-lists", action="store_true", help="print list keys that name no test"
     )
     parser.add_argument(
-        "--timeout", type=float, default=0, help="dump every thread's stack after this many s"
+        "--timeout",
+        type=float,
+        default=0,
+        help="dump every thread's stack and exit after this many s (via SIGALRM)",
     )
     args = parser.parse_args(argv)
     # Line by line, so a hang's faulthandler dump (which exits at once) follows the
     # name of the test that hung.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     if args.timeout:
-        faulthandler.dump_traceback_later(args.timeout, exit=True)
+        # Not faulthandler.dump_traceback_later: its watchdog is a thread, and a
+        # process with threads cannot hand fork-context objects to isopool's workers
+        # (the stdlib tests pass such Queues). SIGALRM needs no thread: faulthandler
+        # dumps every stack on it, and the process then dies of the alarm.
+        faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+        signal.alarm(max(1, int(args.timeout)))
     root = Path(args.root) if args.root else _suite_root()
     install_isopool(root)
     classes = process_pool_classes()
