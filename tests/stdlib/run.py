@@ -70,38 +70,8 @@ BY_DESIGN: dict[str, str] = {
 }
 
 # Tests that isopool should pass but does not yet; each entry is a diagnosis: what the
-# test asserts, what isopool does instead, what change in isopool makes it pass.
-_PICKLING = (
-    "expects pickle.PicklingError from result(); isopool raises SerializationError "
-    "(an IsopoolError, not a PicklingError). Fix: make the SerializationError of a "
-    "'* pickle' step also an instance of the original exception's type (STYLE 6), e.g. a "
-    "cached subclass (SerializationError, pickle.PicklingError), chosen in _outcome.py"
-)
-_UNPICKLING = (
-    "expects BrokenProcessPool from result(); isopool raises SerializationError (not a "
-    "BrokenProcessPool) and, rightly, fails only that task. Fix: make the SerializationError "
-    "of an unpickle step ('call unpickle' in the worker, 'result unpickle'/'exception "
-    "unpickle' in the parent) also a BrokenProcessPool, as TaskCrashError is, in _outcome.py"
-)
-_SYSTEM_EXIT = (
-    "expects the task's SystemExit from result(), as ProcessPoolExecutor's worker catches "
-    "BaseException and sends it back; isopool's worker exits on SystemExit and the task "
-    "fails with TaskCrashError (exit code 1). Fix: in _worker._run_call, send a SystemExit "
-    "raised by {where} back as the task's exception (an ERROR frame), not `raise`; "
-    "README's 'sys.exit fails the task with TaskCrashError' changes with it"
-)
-_QUEUE_INITARGS = (
-    "(3.13+) runs FailingInitializerTest with initargs=(mp_context.Queue(),), then asserts "
-    "the resource tracker exits 0 (nothing leaked). isopool's Pool() pickles initargs at "
-    "once with pickle/cloudpickle, outside multiprocessing's spawning context, so "
-    "Queue.__getstate__ raises 'Queue objects should only be shared between processes "
-    "through inheritance'; setUp fails and the Queue's semaphore leaks (exit code 1). "
-    "Fix: in Pool.__init__ pickle (initializer, initargs) with ForkingPickler's reducers "
-    "inside multiprocessing.context.set_spawning_popen(c), c like popen_spawn_posix.Popen "
-    "(DupFd = _DupFd; duplicate_for_child records the fd), and start the fork server with "
-    "pass_fds=those fds so workers inherit them (checked by hand: a spawn or forkserver "
-    "Queue then works; a fork-context one cannot, by design)"
-)
+# test asserts, what isopool does instead, what change in isopool makes it pass. Empty:
+# every stdlib test that is not in BY_DESIGN passes.
 PENDING_FIXES: dict[str, str] = {}
 
 # The stdlib's process-pool classes are these groups, each crossed with these mixins
