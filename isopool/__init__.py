@@ -46,6 +46,7 @@ from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import UnknownSupervisorError as UnknownSupervisorError
 from ._group import TaskGroup as TaskGroup
+from ._many import as_completed as as_completed
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
 from ._spec import Restart as Restart
@@ -55,6 +56,7 @@ from ._supervisor import SupervisorOptions as SupervisorOptions
 from ._supervisor import TaskSupervisor as TaskSupervisor
 from ._task import Reply as Reply
 from ._task import Task as Task
+from ._usage import Usage as Usage
 from ._version import __version__ as __version__
 
 if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
@@ -134,7 +136,9 @@ __all__ = [
     "TaskSupervisor",
     "TaskTimeoutError",
     "UnknownSupervisorError",
+    "Usage",
     "__version__",
+    "as_completed",
     "connect",
 ]
 

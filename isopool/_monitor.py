@@ -104,6 +104,17 @@ _RETIRE_GRACE: Final = 5.0  # an idle worker told to exit gets this long before 
 _STEAL_AFTER: Final = 0.01
 _TAKE_BACK_WAIT: Final = 0.5  # cancel() waits this long for a worker to hand a call back
 _WAKE, _SERVER, _RESULT, _CALL = range(4)
+# Pool.stats()' keys for the summed usage of every reply (see _usage), in the order
+# of Monitor._usage_sums.
+_USAGE_KEYS: Final = (
+    "wall_seconds",
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "max_peak_rss",
+    "voluntary_switches",
+    "involuntary_switches",
+    "usage_reports",
+)
 
 
 class State(enum.Enum):
@@ -129,8 +140,10 @@ class Monitor:
         max_tasks_per_child: int | None,
         initializer: InitPayload | None,
         server: ForkServer | None = None,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.name = name
+        self._cpus = cpus  # the fork server's affinity, so every worker's
         self.max_workers = max_workers
         self._max_tasks = max_tasks_per_child or 0
         self._initializer = initializer
@@ -145,6 +158,9 @@ class Monitor:
         self._worker_ids = itertools.count(1)
         self._task_ids = itertools.count(1)
         self._stats: collections.Counter[str] = collections.Counter()
+        # Sums of the replies' usage: wall, user, system seconds, max peak RSS,
+        # voluntary and involuntary switches, and how many replies carried one.
+        self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
         self._ema: float | None = None  # mean run time of recent tasks, seconds
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
@@ -195,7 +211,7 @@ class Monitor:
         task_id = next(self._task_ids)
         name = describe_function(fn)
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc
@@ -355,10 +371,11 @@ class Monitor:
         self._wake()
         resolve(out)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """Return counters: workers, pending, running, and totals since start."""
         with self._lock:
-            counts = dict(self._stats)
+            counts: dict[str, float] = dict(self._stats)
+            counts.update(zip(_USAGE_KEYS, self._usage_sums, strict=True))
             counts["workers"] = sum(1 for w in self._workers if not w.finalized)
             counts["pending"] = len(self._pending)
             counts["running"] = sum(1 for w in self._workers if w.tasks)
@@ -651,6 +668,14 @@ class Monitor:
                 server = ForkServer(self._initializer)
             except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
                 raise BrokenPoolError(describe_start_failure(exc)) from exc
+        if self._cpus is not None:
+            # Before it forks any worker: each inherits the affinity, initializer and
+            # the processes its tasks start included.
+            try:
+                os.sched_setaffinity(server.pid, self._cpus)
+            except OSError as exc:  # a CPU went offline since Pool() checked it
+                server.close(timeout=1.0)
+                raise BrokenPoolError(f"cannot pin the fork server to {self._cpus}: {exc}") from exc
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)
@@ -806,6 +831,11 @@ class Monitor:
             return
         task = worker.tasks.popleft()
         task._worker = None
+        if kind in _wire.REPLIES:
+            payload, fields = _wire.split_usage(payload)
+            if fields is not None and fields[0] >= 0:  # wall < 0: the call never ran
+                task._usage = fields
+                self._add_usage_locked(fields)
         if task._revoke is not None:  # its reply beat the worker's LATE answer
             worker.revoking.pop(task._call_number, None)
             task._revoke = None
@@ -832,6 +862,16 @@ class Monitor:
             self._start_head_locked(worker, now)
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
+
+    def _add_usage_locked(self, fields: _wire.UsageFields) -> None:
+        sums = self._usage_sums
+        sums[0] += fields[0]
+        sums[1] += fields[1]
+        sums[2] += fields[2]
+        sums[3] = max(sums[3], fields[3])
+        sums[4] += fields[4]
+        sums[5] += fields[5]
+        sums[6] += 1
 
     def _on_revoked_locked(
         self, worker: WorkerHandle, number: int, ok: bool, now: float, out: list[Outcome]

@@ -39,6 +39,7 @@ import pickle
 import resource
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
 
@@ -234,33 +235,92 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     # a payload's __reduce__ fails that task, and the worker lives on (the stdlib's
     # worker would die and break its pool).
     try:
-        fn, args, kwargs, memory_limit = pickle.loads(payload)
+        call = pickle.loads(payload)
+        fn, args, kwargs, memory_limit = call[:4]
+        cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
         if isinstance(fn, str):
             fn = _resolve(fn)
     except BaseException as exc:
-        _send_bad_payload(result_fd, task_id, "call unpickle", exc)
+        _send_bad_payload(result_fd, task_id, "call unpickle", exc, _NOT_RUN)
         return
     if memory_limit is not None:
         _set_memory_limit(memory_limit)
+    pinned = None
+    start = _usage_start()
     try:
+        if cpus is not None:
+            pinned = _pin(cpus)  # an OSError here fails the task, not the worker
         value = fn(*args, **kwargs)
     except BaseException as exc:
+        usage = _usage_since(start)
         if memory_limit is not None and isinstance(exc, MemoryError):
             exc.add_note(f"isopool: the task hit its memory_limit of {memory_limit} bytes")
-        _send_exception(result_fd, task_id, exc)
+        _send_exception(result_fd, task_id, exc, usage)
     else:
+        usage = _usage_since(start)
         try:
             data = _wire.dumps(value)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
-            _send_exception(result_fd, task_id, exc)
+            _send_exception(result_fd, task_id, exc, usage)
         except BaseException as exc:
-            _send_bad_payload(result_fd, task_id, "result pickle", exc)
+            _send_bad_payload(result_fd, task_id, "result pickle", exc, usage)
         else:
-            _send(result_fd, _wire.RESULT, task_id, data)
+            _send(result_fd, _wire.RESULT, task_id, data, usage)
     finally:
         if memory_limit is not None:
             _set_memory_limit(resource.RLIM_INFINITY)
+        if pinned is not None:
+            _unpin(pinned)
         _flush_stdio()
+
+
+# -- what a call cost (the USAGE trailer of every reply; see _wire) -------------
+
+# The trailer of a reply whose call never ran (it did not unpickle): wall < 0.
+_NOT_RUN: Final = _wire.USAGE.pack(-1.0, 0.0, 0.0, 0, 0, 0)
+_UsageStart = tuple[float, resource.struct_rusage, resource.struct_rusage]
+
+
+def _usage_start() -> _UsageStart:
+    return (
+        time.perf_counter(),
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+
+
+def _usage_since(start: _UsageStart) -> bytes:
+    """The USAGE trailer for a call that began at ``start``.
+
+    Deltas of this process plus its reaped children, and the high-water mark of
+    their RSS (ru_maxrss is in KiB on Linux).
+    """
+    wall = time.perf_counter() - start[0]
+    own0, kids0 = start[1], start[2]
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return _wire.USAGE.pack(
+        wall,
+        max(0.0, own.ru_utime - own0.ru_utime + kids.ru_utime - kids0.ru_utime),
+        max(0.0, own.ru_stime - own0.ru_stime + kids.ru_stime - kids0.ru_stime),
+        max(own.ru_maxrss, kids.ru_maxrss) * 1024,
+        max(0, own.ru_nvcsw - own0.ru_nvcsw + kids.ru_nvcsw - kids0.ru_nvcsw),
+        max(0, own.ru_nivcsw - own0.ru_nivcsw + kids.ru_nivcsw - kids0.ru_nivcsw),
+    )
+
+
+def _pin(cpus: frozenset[int]) -> set[int] | None:
+    """Run this worker on ``cpus`` for one call; return the set to restore after."""
+    before = os.sched_getaffinity(0)
+    if before == cpus:
+        return None
+    os.sched_setaffinity(0, cpus)
+    return before
+
+
+def _unpin(before: set[int]) -> None:
+    with contextlib.suppress(OSError):  # a CPU went offline meanwhile: keep what works
+        os.sched_setaffinity(0, before)
 
 
 def run_chunk(fn: Callable[..., object] | str, chunk: list[tuple[object, ...]]) -> list[object]:
@@ -313,14 +373,17 @@ def _data_size() -> int:
     return 0
 
 
-def _send_exception(result_fd: int, task_id: int, exc: BaseException, nested: bool = False) -> None:
+def _send_exception(
+    result_fd: int, task_id: int, exc: BaseException, usage: bytes, nested: bool = False
+) -> None:
     data, failure = _wire.dumps_exception(exc)
     if failure is None:
-        _send(result_fd, _exit_kind(exc), task_id, data)
+        _send(result_fd, _exit_kind(exc), task_id, data, usage)
     elif isinstance(failure, SystemExit) and not nested:
-        _send_exception(result_fd, task_id, failure, True)  # as the stdlib: SystemExit wins
+        # as the stdlib: SystemExit wins
+        _send_exception(result_fd, task_id, failure, usage, True)
     else:
-        _send_bad_payload(result_fd, task_id, "exception pickle", failure, original=exc)
+        _send_bad_payload(result_fd, task_id, "exception pickle", failure, usage, original=exc)
 
 
 def _exit_kind(exc: BaseException) -> int:
@@ -335,6 +398,7 @@ def _send_bad_payload(
     task_id: int,
     what: str,
     exc: BaseException,
+    usage: bytes,
     original: BaseException | None = None,
 ) -> None:
     """Report that ``what`` failed with ``exc``; for "exception pickle", of ``original``.
@@ -351,7 +415,7 @@ def _send_bad_payload(
         "message": _safe_str(described),
         "traceback": _safe_traceback(exc if original is None else original),
     }
-    _send(result_fd, _wire.BAD_PAYLOAD, task_id, json.dumps(info).encode())
+    _send(result_fd, _wire.BAD_PAYLOAD, task_id, json.dumps(info).encode(), usage)
 
 
 def _safe_traceback(exc: BaseException) -> str:
@@ -368,18 +432,19 @@ def _safe_str(exc: BaseException) -> str:
         return f"<{type(exc).__name__} whose str() failed>"
 
 
-def _send(fd: int, kind: int, task_id: int, payload: bytes) -> None:
+def _send(fd: int, kind: int, task_id: int, payload: bytes, trailer: bytes = b"") -> None:
     with _write_lock:
-        _write_frame(fd, kind, task_id, payload)
+        _write_frame(fd, kind, task_id, payload, trailer)
 
 
-def _write_frame(fd: int, kind: int, task_id: int, payload: bytes) -> None:
-    header = _wire.pack_header(kind, task_id, len(payload), _cookie)
+def _write_frame(fd: int, kind: int, task_id: int, payload: bytes, trailer: bytes = b"") -> None:
+    header = _wire.pack_header(kind, task_id, len(payload) + len(trailer), _cookie)
     if len(payload) < 65536:
-        _write_all(fd, header + payload)
-    else:
+        _write_all(fd, header + payload + trailer)
+    else:  # no copy of a large payload to append 48 bytes
         _write_all(fd, header)
         _write_all(fd, payload)
+        _write_all(fd, trailer)
 
 
 def _write_all(fd: int, data: bytes) -> None:
