@@ -21,7 +21,8 @@ A guide, in the order of Elixir's ``Task`` docs:
 # processes) · _share (multiprocessing objects in initargs) · _monitor (the supervising
 # thread) · _outcome (settling futures) ·
 # _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
-# _many (await_many, yield_many) · _stream (async_stream) · _supervisor
+# _many (await_many, yield_many, as_completed) · _progress (progress=) · _usage
+# (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
 # supervisors) · _cli (the command line).

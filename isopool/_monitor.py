@@ -491,6 +491,7 @@ class Monitor:
             return  # started when the fork server reports the worker's pid
         task._started_at = now
         task._pid = worker.pid
+        task._usage = None  # a run that crashes must not show an earlier run's usage
         task.attempts += 1
         timeout = task.options.timeout
         if timeout is not None:

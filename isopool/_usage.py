@@ -39,8 +39,7 @@ class Usage:
     Measured in the worker around the call of the task's function (not the
     (un)pickling around it), from ``getrusage(RUSAGE_SELF)`` plus
     ``getrusage(RUSAGE_CHILDREN)`` deltas. Children count only once they have been
-    reaped. For a task that ran more than once (restarts, retries), the last run
-    that replied.
+    reaped. For a task that ran more than once (restarts, retries), the last run.
 
     Attributes:
         wall_seconds: Wall-clock seconds of the call (``time.perf_counter``).

@@ -23,6 +23,8 @@ worker, as six little-endian numbers::
 
 It sits after the pickle or JSON, inside the frame's length, so the framing and every
 other kind are unchanged; ``split_usage`` takes it off (in place for a large frame).
+A wall time below zero says the call never ran (its BAD_PAYLOAD "call unpickle"):
+no usage. The numbers are the worker's measure of the call alone; see ``_usage``.
 
 The task id travels in the header, outside the pickle, so a payload that cannot be
 unpickled (or a worker that dies while reading one) is still pinned on exactly one

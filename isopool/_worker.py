@@ -13,6 +13,12 @@ thread holds no lock that a forked child could need). User prints go to the
 inherited stdout/stderr, never to the result pipe, so they cannot corrupt the
 channel; bytes a task writes there anyway lack the worker's cookie and are reported.
 
+Every reply ends with the USAGE trailer (``_wire``): wall time, CPU and context
+switches of this process and its reaped children, measured just around the task's
+function (``getrusage`` deltas, two calls before and two after: about 2 us), and the
+RSS high-water mark. A call that carries ``cpus`` runs with this process's affinity
+set to them, restored after the call.
+
 What the worker does with each failure, so that the parent can pin it on one task:
 
 - the call does not unpickle, or the result/exception does not pickle: a

@@ -369,3 +369,12 @@ def affinity_of_child():
         timeout=60,
     )
     return out.stdout.strip()
+
+
+def raise_then_crash(path):
+    """Raise on the first run (a reply), exit hard on every later one (no reply)."""
+    marker = Path(path)
+    if not marker.exists():
+        marker.write_text("ran")
+        raise ValueError("first run")
+    os._exit(9)

@@ -18,7 +18,7 @@ import pytest
 
 import isopool
 from isopool import Task, Usage, _wire
-from tests import _tasks
+from tests import _payloads, _tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,6 +115,22 @@ def test_usage_crashed_task_is_none(one_worker):
     assert task.usage is None
 
 
+def test_usage_call_that_did_not_unpickle_is_none(one_worker):
+    """A call that failed to unpickle in the worker never ran: no usage."""
+    task = one_worker.submit(_payloads.take, _payloads.ActAtUnpickle("raise"))
+    with pytest.raises(isopool.SerializationError):
+        task.result(timeout=60)
+    assert task.usage is None
+
+
+def test_usage_result_that_did_not_pickle_still_has_usage(one_worker):
+    """The call ran even if its result did not pickle: its usage came back."""
+    task = one_worker.submit(_payloads.return_act_at_pickle, "raise")
+    with pytest.raises(isopool.SerializationError):
+        task.result(timeout=60)
+    assert task.usage is not None
+
+
 def test_usage_on_reply_of_yield(one_worker):
     """yield_'s Reply carries the task's usage, outside equality."""
     task = one_worker.submit(_tasks.add, 1, 2)
@@ -142,7 +158,9 @@ def test_usage_fresh_process_per_task_reports_each_task(tmp_path):
         big.result(timeout=60)
         again = pool.submit(_tasks.add, 1, 1)
         again.result(timeout=60)
-    assert small.usage is not None and big.usage is not None and again.usage is not None
+    assert small.usage is not None
+    assert big.usage is not None
+    assert again.usage is not None
     assert big.usage.peak_rss >= 64 * 1024**2
     # a fresh worker does not inherit the big task's high-water mark
     assert again.usage.peak_rss < big.usage.peak_rss
@@ -234,3 +252,14 @@ def test_pool_cpus_outside_affinity_set_is_refused_naming_it():
         timeout=60,
     )
     assert f"CPU {CPUS[1]} is not in this process's CPU affinity set" in out.stdout, out.stderr
+
+
+def test_usage_restarted_task_that_crashed_last_has_none(tmp_path):
+    """A task that replied once, was restarted and then crashed shows no stale usage."""
+    marker = tmp_path / "runs"
+    with isopool.Pool(1, restart="transient", max_restarts=1) as pool:
+        task = pool.submit(_tasks.raise_then_crash, str(marker))
+        with pytest.raises(isopool.RestartLimitError):
+            task.result(timeout=60)
+    assert task.attempts == 2
+    assert task.usage is None
