@@ -106,6 +106,7 @@ _TAKE_BACK_WAIT: Final = 0.5  # cancel() waits this long for a worker to hand a 
 _WAKE, _SERVER, _RESULT, _CALL = range(4)
 # Pool.stats()' keys for the summed usage of every reply (see _usage), in the order
 # of Monitor._usage_sums.
+_USAGE_FOLD: Final = 48 * 1024  # fold the kept usage trailers into the sums past 1024 replies
 _USAGE_KEYS: Final = (
     "wall_seconds",
     "cpu_user_seconds",
@@ -159,8 +160,10 @@ class Monitor:
         self._task_ids = itertools.count(1)
         self._stats: collections.Counter[str] = collections.Counter()
         # Sums of the replies' usage: wall, user, system seconds, max peak RSS,
-        # voluntary and involuntary switches, and how many replies carried one.
+        # voluntary and involuntary switches, and how many replies carried one;
+        # the trailers not yet added in (folded in batches: one append per reply).
         self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
+        self._usage_log = bytearray()
         self._ema: float | None = None  # mean run time of recent tasks, seconds
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
@@ -375,6 +378,7 @@ class Monitor:
         """Return counters: workers, pending, running, and totals since start."""
         with self._lock:
             counts: dict[str, float] = dict(self._stats)
+            self._fold_usage_locked()
             counts.update(zip(_USAGE_KEYS, self._usage_sums, strict=True))
             counts["workers"] = sum(1 for w in self._workers if not w.finalized)
             counts["pending"] = len(self._pending)
@@ -833,10 +837,13 @@ class Monitor:
         task = worker.tasks.popleft()
         task._worker = None
         if kind in _wire.REPLIES:
-            payload, fields = _wire.split_usage(payload)
-            if fields is not None and fields[0] >= 0:  # wall < 0: the call never ran
-                task._usage = fields
-                self._add_usage_locked(fields)
+            payload, trailer = _wire.split_usage(payload)
+            if trailer is not None and trailer != _wire.NOT_RUN:
+                task._usage = trailer
+                log = self._usage_log
+                log += trailer
+                if len(log) >= _USAGE_FOLD:
+                    self._fold_usage_locked()
         if task._revoke is not None:  # its reply beat the worker's LATE answer
             worker.revoking.pop(task._call_number, None)
             task._revoke = None
@@ -864,15 +871,17 @@ class Monitor:
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
 
-    def _add_usage_locked(self, fields: _wire.UsageFields) -> None:
+    def _fold_usage_locked(self) -> None:
+        """Add the trailers kept since the last fold to the sums (C loops, not Python)."""
+        columns = list(zip(*_wire.USAGE.iter_unpack(self._usage_log), strict=True))
+        self._usage_log.clear()
+        if not columns:
+            return
         sums = self._usage_sums
-        sums[0] += fields[0]
-        sums[1] += fields[1]
-        sums[2] += fields[2]
-        sums[3] = max(sums[3], fields[3])
-        sums[4] += fields[4]
-        sums[5] += fields[5]
-        sums[6] += 1
+        for i in (0, 1, 2, 4, 5):
+            sums[i] += sum(columns[i])
+        sums[3] = max(sums[3], *columns[3])
+        sums[6] += len(columns[0])
 
     def _on_revoked_locked(
         self, worker: WorkerHandle, number: int, ok: bool, now: float, out: list[Outcome]

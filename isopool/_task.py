@@ -47,7 +47,6 @@ from ._usage import Usage, usage_of
 if TYPE_CHECKING:
     from ._outcome import Defer
     from ._policy import RestartIntensity
-    from ._wire import UsageFields
 
 __all__ = ["Reply", "Task", "describe"]
 
@@ -219,7 +218,7 @@ class Task(Future[R], Generic[R]):
     _settle: Settle | None  # the outcome, not yet unpickled (see _outcome)
     _settle_lock: threading.Lock | None
     _settle_is_error: bool  # what the outcome is, before it is unpickled
-    _usage: UsageFields | None  # what its last replied run cost (see _usage)
+    _usage: bytes | None  # its last run's USAGE trailer, unpacked on demand (see _usage)
 
     def __init__(self) -> None:
         raise TypeError(

@@ -54,6 +54,7 @@ __all__ = [
     "HEADER",
     "INIT_FAILED",
     "MAX_PAYLOAD",
+    "NOT_RUN",
     "REPLIES",
     "RESULT",
     "REVOKE",
@@ -260,24 +261,26 @@ class FrameReader:
             )
 
 
-UsageFields = tuple[float, float, float, int, int, int]
-"""The numbers of a USAGE trailer, in its order."""
+NOT_RUN: Final = USAGE.pack(-1.0, 0.0, 0.0, 0, 0, 0)
+"""The trailer of a reply whose call never ran (it did not unpickle)."""
 
 
-def split_usage(payload: Payload) -> tuple[Payload, UsageFields | None]:
-    """Return a reply's payload without its USAGE trailer, and the trailer's numbers.
+def split_usage(payload: Payload) -> tuple[Payload, bytes | None]:
+    """Return a reply's payload without its USAGE trailer, and the trailer's bytes.
 
-    A bytearray (a large frame, read in place) is shortened in place: no copy of a
-    10 MB result. A payload too short to hold a trailer gives ``(payload, None)``.
+    The bytes, not the numbers: the monitor unpacks nothing per reply (``Task.usage``
+    and ``Pool.stats()`` do, later). A bytearray (a large frame, read in place) is
+    shortened in place: no copy of a 10 MB result. A payload too short to hold a
+    trailer gives ``(payload, None)``.
     """
     size = USAGE.size
     if len(payload) < size:
         return payload, None
-    fields: UsageFields = USAGE.unpack_from(payload, len(payload) - size)
     if isinstance(payload, bytearray):
-        del payload[-size:]
-        return payload, fields
-    return payload[:-size], fields
+        trailer = bytes(payload[-size:])
+        del payload[-size:]  # in place
+        return payload, trailer
+    return payload[:-size], payload[-size:]
 
 
 def dumps(obj: object) -> bytes:

@@ -282,17 +282,17 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
 
 # -- what a call cost (the USAGE trailer of every reply; see _wire) -------------
 
-# The trailer of a reply whose call never ran (it did not unpickle): wall < 0.
-_NOT_RUN: Final = _wire.USAGE.pack(-1.0, 0.0, 0.0, 0, 0, 0)
+_NOT_RUN: Final = _wire.NOT_RUN  # the trailer of a call that never ran: wall < 0
 _UsageStart = tuple[float, resource.struct_rusage, resource.struct_rusage]
 
 
+_SELF: Final = resource.RUSAGE_SELF
+_CHILDREN: Final = resource.RUSAGE_CHILDREN
+_pack_usage: Final = _wire.USAGE.pack
+
+
 def _usage_start() -> _UsageStart:
-    return (
-        time.perf_counter(),
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
+    return time.perf_counter(), resource.getrusage(_SELF), resource.getrusage(_CHILDREN)
 
 
 def _usage_since(start: _UsageStart) -> bytes:
@@ -301,17 +301,20 @@ def _usage_since(start: _UsageStart) -> bytes:
     Deltas of this process plus its reaped children, and the high-water mark of
     their RSS (ru_maxrss is in KiB on Linux).
     """
+    # Every counter only grows (the kernel's own totals), so no delta is negative.
+    # Indexes, not names: this runs once per call, and it is on the hot path.
+    # struct_rusage: 0 utime, 1 stime, 2 maxrss, 14 nvcsw, 15 nivcsw.
     wall = time.perf_counter() - start[0]
+    own = resource.getrusage(_SELF)
+    kids = resource.getrusage(_CHILDREN)
     own0, kids0 = start[1], start[2]
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return _wire.USAGE.pack(
+    return _pack_usage(
         wall,
-        max(0.0, own.ru_utime - own0.ru_utime + kids.ru_utime - kids0.ru_utime),
-        max(0.0, own.ru_stime - own0.ru_stime + kids.ru_stime - kids0.ru_stime),
-        max(own.ru_maxrss, kids.ru_maxrss) * 1024,
-        max(0, own.ru_nvcsw - own0.ru_nvcsw + kids.ru_nvcsw - kids0.ru_nvcsw),
-        max(0, own.ru_nivcsw - own0.ru_nivcsw + kids.ru_nivcsw - kids0.ru_nivcsw),
+        own[0] - own0[0] + kids[0] - kids0[0],
+        own[1] - own0[1] + kids[1] - kids0[1],
+        (own[2] if own[2] > kids[2] else kids[2]) * 1024,
+        own[14] - own0[14] + kids[14] - kids0[14],
+        own[15] - own0[15] + kids[15] - kids0[15],
     )
 
 
