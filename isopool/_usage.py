@@ -14,7 +14,9 @@ How exact each figure is, for a benchmark user:
   of its result, nor the round trip;
 - CPU and context switches cover every thread of the worker (the take-back watcher's
   idle thread adds nothing measurable) and the task's child processes **once they are
-  reaped** (``waitpid``): a child still running or never waited for is not counted;
+  reaped** (``waitpid``): a child still running or never waited for is not counted,
+  and one reaped between calls (by a thread a task left running) counts in the next
+  call that worker runs;
 - the kernel accounts CPU time in ticks (and by sampling for short runs), so a call
   of a few milliseconds may show 0.0 or one tick;
 - ``peak_rss`` is a high-water mark, never a delta: the largest resident set the
