@@ -21,7 +21,8 @@ A guide, in the order of Elixir's ``Task`` docs:
 # processes) · _share (multiprocessing objects in initargs) · _monitor (the supervising
 # thread) · _outcome (settling futures) ·
 # _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
-# _many (await_many, yield_many) · _stream (async_stream) · _supervisor
+# _many (await_many, yield_many, as_completed) · _progress (progress=) · _usage
+# (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
 # supervisors) · _cli (the command line).
@@ -46,6 +47,7 @@ from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import UnknownSupervisorError as UnknownSupervisorError
 from ._group import TaskGroup as TaskGroup
+from ._many import as_completed as as_completed
 from ._pool import Pool as Pool
 from ._pool import PoolOptions as PoolOptions
 from ._spec import Restart as Restart
@@ -55,6 +57,7 @@ from ._supervisor import SupervisorOptions as SupervisorOptions
 from ._supervisor import TaskSupervisor as TaskSupervisor
 from ._task import Reply as Reply
 from ._task import Task as Task
+from ._usage import Usage as Usage
 from ._version import __version__ as __version__
 
 if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
@@ -134,7 +137,9 @@ __all__ = [
     "TaskSupervisor",
     "TaskTimeoutError",
     "UnknownSupervisorError",
+    "Usage",
     "__version__",
+    "as_completed",
     "connect",
 ]
 

@@ -104,6 +104,18 @@ _RETIRE_GRACE: Final = 5.0  # an idle worker told to exit gets this long before 
 _STEAL_AFTER: Final = 0.01
 _TAKE_BACK_WAIT: Final = 0.5  # cancel() waits this long for a worker to hand a call back
 _WAKE, _SERVER, _RESULT, _CALL = range(4)
+# Pool.stats()' keys for the summed usage of every reply (see _usage), in the order
+# of Monitor._usage_sums.
+_USAGE_FOLD: Final = 48 * 1024  # fold the kept usage trailers into the sums past 1024 replies
+_USAGE_KEYS: Final = (
+    "wall_seconds",
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "max_peak_rss",
+    "voluntary_switches",
+    "involuntary_switches",
+    "usage_reports",
+)
 
 
 class State(enum.Enum):
@@ -129,8 +141,10 @@ class Monitor:
         max_tasks_per_child: int | None,
         initializer: InitPayload | None,
         server: ForkServer | None = None,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.name = name
+        self._cpus = cpus  # the fork server's affinity, so every worker's
         self.max_workers = max_workers
         self._max_tasks = max_tasks_per_child or 0
         self._initializer = initializer
@@ -145,6 +159,11 @@ class Monitor:
         self._worker_ids = itertools.count(1)
         self._task_ids = itertools.count(1)
         self._stats: collections.Counter[str] = collections.Counter()
+        # Sums of the replies' usage: wall, user, system seconds, max peak RSS,
+        # voluntary and involuntary switches, and how many replies carried one;
+        # the trailers not yet added in (folded in batches: one append per reply).
+        self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
+        self._usage_log = bytearray()
         self._ema: float | None = None  # mean run time of recent tasks, seconds
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
@@ -200,7 +219,7 @@ class Monitor:
         task_id = next(self._task_ids)
         name = describe_function(fn)
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc
@@ -360,10 +379,12 @@ class Monitor:
         self._wake()
         resolve(out)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """Return counters: workers, pending, running, and totals since start."""
         with self._lock:
-            counts = dict(self._stats)
+            counts: dict[str, float] = dict(self._stats)
+            self._fold_usage_locked()
+            counts.update(zip(_USAGE_KEYS, self._usage_sums, strict=True))
             counts["workers"] = sum(1 for w in self._workers if not w.finalized)
             counts["pending"] = len(self._pending)
             counts["running"] = sum(1 for w in self._workers if w.tasks)
@@ -479,6 +500,7 @@ class Monitor:
             return  # started when the fork server reports the worker's pid
         task._started_at = now
         task._pid = worker.pid
+        task._usage = None  # a run that crashes must not show an earlier run's usage
         task.attempts += 1
         timeout = task.options.timeout
         if timeout is not None:
@@ -656,6 +678,14 @@ class Monitor:
                 server = ForkServer(self._initializer)
             except OSError as exc:  # EMFILE, EAGAIN (RLIMIT_NPROC): say which limit
                 raise BrokenPoolError(describe_start_failure(exc)) from exc
+        if self._cpus is not None:
+            # Before it forks any worker: each inherits the affinity, initializer and
+            # the processes its tasks start included.
+            try:
+                os.sched_setaffinity(server.pid, self._cpus)
+            except OSError as exc:  # a CPU went offline since Pool() checked it
+                server.close(timeout=1.0)
+                raise BrokenPoolError(f"cannot pin the fork server to {self._cpus}: {exc}") from exc
         with self._lock:
             self._server = server
             self._register(server.fileno(), _SERVER, None, select.EPOLLIN)
@@ -811,6 +841,14 @@ class Monitor:
             return
         task = worker.tasks.popleft()
         task._worker = None
+        if kind in _wire.REPLIES:
+            payload, trailer = _wire.split_usage(payload)
+            if trailer is not None and trailer != _wire.NOT_RUN:
+                task._usage = trailer
+                log = self._usage_log
+                log += trailer
+                if len(log) >= _USAGE_FOLD:
+                    self._fold_usage_locked()
         if task._revoke is not None:  # its reply beat the worker's LATE answer
             worker.revoking.pop(task._call_number, None)
             task._revoke = None
@@ -837,6 +875,18 @@ class Monitor:
             self._start_head_locked(worker, now)
         if self._max_tasks and worker.assigned >= self._max_tasks and not worker.tasks:
             worker.retired = True  # it exits by itself after its last call
+
+    def _fold_usage_locked(self) -> None:
+        """Add the trailers kept since the last fold to the sums (C loops, not Python)."""
+        columns = list(zip(*_wire.USAGE.iter_unpack(self._usage_log), strict=True))
+        self._usage_log.clear()
+        if not columns:
+            return
+        sums = self._usage_sums
+        for i in (0, 1, 2, 4, 5):
+            sums[i] += sum(columns[i])
+        sums[3] = max(sums[3], *columns[3])
+        sums[6] += len(columns[0])
 
     def _on_revoked_locked(
         self, worker: WorkerHandle, number: int, ok: bool, now: float, out: list[Outcome]

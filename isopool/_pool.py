@@ -38,10 +38,12 @@ from ._errors import PoolClosedError
 from ._monitor import Monitor, State
 from ._policy import RestartIntensity
 from ._process import ForkServer, is_single_threaded
+from ._progress import Progress, make_progress, total_of
 from ._share import InitPayload, dumps_initializer
 from ._spec import (
     TaskOptions,
     check_buffersize,
+    check_cpus,
     check_max_workers,
     check_positive_int,
     check_seconds,
@@ -119,6 +121,12 @@ class Pool(Executor):
         shutdown: Seconds between SIGTERM and SIGKILL when a task is stopped
             (default 5.0), or "brutal_kill" for SIGKILL at once.
         name: A name for logs and thread names; default "pool-N".
+        cpus: Pin every worker to these CPUs (``os.sched_setaffinity`` on the fork
+            server, which each worker, its initializer and the processes its tasks
+            start inherit), so parallel benchmark runs do not steal each other's
+            cores. Default None: wherever this process may run. Refused with
+            ValueError naming the CPU when it does not exist or is not in
+            ``os.sched_getaffinity(0)``.
 
     Stopping, from gentle to abrupt: ``shutdown()`` lets queued and running
     tasks finish; ``terminate()`` cancels queued tasks and stops running ones
@@ -157,6 +165,7 @@ class Pool(Executor):
         max_seconds: float = 5.0,
         shutdown: float | str = 5.0,
         name: str | None = None,
+        cpus: Iterable[int] | None = None,
     ) -> None:
         if max_workers is None:
             from loky import cpu_count
@@ -180,12 +189,18 @@ class Pool(Executor):
             memory_limit=memory_limit,
         )
         _refuse_permanent(self._options, "Pool(restart=...)")
+        pinned = check_cpus(cpus)
         self._names: dict[str, None] = {}
         _register_exit_hook()
         init, server = _start_fork_server(initializer, initargs)
         try:
             self._monitor = Monitor(
-                name or f"pool-{next(_pool_ids)}", max_workers, max_tasks_per_child, init, server
+                name or f"pool-{next(_pool_ids)}",
+                max_workers,
+                max_tasks_per_child,
+                init,
+                server,
+                pinned,
             )
         except BaseException:
             if server is not None:
@@ -249,11 +264,14 @@ class Pool(Executor):
         shutdown: float | str | object = ...,
         memory_limit: int | str | object | None = ...,
         priority: int | object = ...,
+        cpus: Iterable[int] | object | None = ...,
     ) -> PoolOptions:
         """Return a view that submits to this pool's workers with other task settings.
 
         Only the options given change; the rest keep the pool's values. Options
         are validated here, so a bad one fails before anything is submitted.
+        ``cpus`` pins each task to those CPUs: its worker's affinity is set just
+        before the call and restored after (its usage counts that one syscall).
 
         Example:
             >>> with Pool(1) as pool:
@@ -268,6 +286,7 @@ class Pool(Executor):
             shutdown=shutdown,
             memory_limit=memory_limit,
             priority=priority,
+            cpus=cpus,
         )
         return PoolOptions(self, self._options.replace(**changes))
 
@@ -278,6 +297,7 @@ class Pool(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: object = False,
     ) -> Iterator[R]:
         """Return an iterator of ``fn`` applied to the items, in order.
 
@@ -299,6 +319,11 @@ class Pool(Executor):
             buffersize: As Python 3.14's: at most this many tasks (chunks) are
                 submitted whose results have not been yielded yet; the input is
                 read only as results are taken. None: the window above.
+            progress: False (default: no cost), True (a tqdm bar on stderr when it
+                is a terminal; needs ``isopool[progress]``), ``"always"`` (a bar
+                even when stderr is not a terminal), a tqdm instance, or a callable
+                ``(done, total, counts)``. Counts items (not chunks) as their
+                results are taken; total is known when every iterable has a length.
 
         Raises:
             TimeoutError: a result was not ready in time.
@@ -307,7 +332,7 @@ class Pool(Executor):
                 infinite.
             TypeError: ``buffersize`` is not an int or None.
         """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options, progress)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no new tasks, and free the workers once queued tasks are done.
@@ -370,13 +395,19 @@ class Pool(Executor):
             return str(self._monitor.broken_cause) or "broken"
         return False
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """Return the pool's counters.
 
         Keys: workers, pending, running (now); submitted, completed, failed,
         crashed, timed_out, killed, restarted, workers_started, workers_replaced
         (totals since the pool started). ``pending`` counts the tasks still
         waiting to run: a cancelled or killed task leaves it at once.
+
+        The sums of every reply's ``Task.usage`` (see ``isopool.Usage``), over all
+        runs that replied, restarts included: wall_seconds, cpu_user_seconds,
+        cpu_system_seconds (floats), voluntary_switches, involuntary_switches,
+        max_peak_rss (the largest peak_rss seen, bytes: peaks do not add up) and
+        usage_reports (how many replies these cover). All other values are ints.
         """
         return self._monitor.stats()
 
@@ -435,6 +466,7 @@ class Pool(Executor):
         chunksize: int,
         buffersize: int | None,
         options: TaskOptions,
+        progress: object = False,
     ) -> Iterator[R]:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"chunksize must be an integer, got {chunksize!r}")
@@ -458,18 +490,25 @@ class Pool(Executor):
                     return None
                 return self._submit(run_chunk, (fn, chunk), {}, options)
 
+        bar = make_progress(progress, total_of(*iterables) if progress is not False else None)
         window = buffersize or _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
         first: collections.deque[Task[Any]] = collections.deque()
-        while len(first) < window and (task := submit_next()) is not None:
-            first.append(task)
-        return _map_results(first, submit_next, end_time, chunksize > 1)
+        try:
+            while len(first) < window and (task := submit_next()) is not None:
+                first.append(task)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        return _map_results(first, submit_next, end_time, chunksize, bar)
 
 
 def _map_results(
     in_flight: collections.deque[Task[Any]],
     submit_next: Callable[[], Task[Any] | None],
     end_time: float | None,
-    chunked: bool,
+    chunksize: int,
+    bar: Progress | None = None,
 ) -> Iterator[Any]:
     """Yield results in order, topping the window up as each one is taken.
 
@@ -487,28 +526,44 @@ def _map_results(
                     exhausted = True
                 else:
                     in_flight.append(more)
-            if chunked:
-                values: list[Any] = _take_result(in_flight, end_time)
+            if chunksize > 1:
+                values: list[Any] = _take_result(in_flight, end_time, bar, chunksize)
                 values.reverse()
                 while values:
                     yield values.pop()
             else:
-                yield _take_result(in_flight, end_time)
+                yield _take_result(in_flight, end_time, bar, 1)
     finally:
         for task in in_flight:
             task._cancel_nowait()
+        if bar is not None:
+            bar.close()
 
 
-def _take_result(in_flight: collections.deque[Task[Any]], end_time: float | None) -> Any:  # noqa: ANN401 - a task's value
-    """Pop the oldest task and return its result; cancel it if that raises (time-out)."""
+def _take_result(
+    in_flight: collections.deque[Task[Any]],
+    end_time: float | None,
+    bar: Progress | None,
+    chunksize: int,
+) -> Any:  # noqa: ANN401 - a task's value
+    """Pop the oldest task and return its result; cancel it if that raises (time-out).
+
+    With ``bar``, count the items it stood for: a chunk's own length when it
+    returned, else ``chunksize`` (a failure ends the map anyway).
+    """
     task = in_flight.popleft()
     try:
-        return task.result() if end_time is None else task.result(end_time - time.monotonic())
+        value = task.result() if end_time is None else task.result(end_time - time.monotonic())
     except BaseException:
         task.cancel()  # a time-out leaves it queued otherwise (the stdlib cancels it too)
+        if bar is not None and task.done():
+            bar.finished(task, chunksize)
         raise
     finally:
         del task  # the popped Task must not outlive this call: it holds the result
+    if bar is not None:
+        bar.add("ok", len(value) if chunksize > 1 else 1)
+    return value
 
 
 class PoolOptions:
@@ -547,10 +602,13 @@ class PoolOptions:
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: object = False,
     ) -> Iterator[R]:
-        """As ``Pool.map`` (``buffersize`` included), with this view's settings."""
+        """As ``Pool.map`` (``buffersize`` and ``progress`` included), with this view's settings."""
         _refuse_permanent(self._options, "map")
-        return self._pool._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+        return self._pool._map(
+            fn, iterables, timeout, chunksize, buffersize, self._options, progress
+        )
 
     def options(self, **changes: object) -> PoolOptions:
         """Return a view with ``changes`` applied on top of this one's settings."""

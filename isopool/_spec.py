@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ShutdownTimeout",
     "TaskOptions",
     "check_buffersize",
+    "check_cpus",
     "check_duration",
     "check_max_workers",
     "check_positive_int",
@@ -227,6 +229,43 @@ def parse_memory_limit(value: object) -> int | None:
     return limit
 
 
+def check_cpus(value: object) -> frozenset[int] | None:
+    """Return the CPUs to pin to, as a frozenset, from an iterable of CPU numbers.
+
+    Each CPU must exist on this machine and be in this process's affinity set
+    (``os.sched_getaffinity(0)``): a worker cannot be given a CPU its parent may not
+    use (a container's cpuset, a ``taskset`` around the program).
+
+    Raises:
+        TypeError: ``value`` is not None nor an iterable of ints.
+        ValueError: it is empty, or a CPU does not exist or is not allowed; the
+            message names the CPU and the CPUs that are.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"cpus must be an iterable of CPU numbers or None, got {value!r}")
+    cpus = list(value)
+    for cpu in cpus:
+        if isinstance(cpu, bool) or not isinstance(cpu, int):
+            raise TypeError(f"cpus must be CPU numbers (ints), got {cpu!r} in {value!r}")
+    if not cpus:
+        raise ValueError(f"cpus must name at least one CPU, got {value!r}")
+    allowed = os.sched_getaffinity(0)
+    count = os.cpu_count() or 0
+    for cpu in sorted(set(cpus)):
+        if not 0 <= cpu < count:
+            raise ValueError(
+                f"cpus: CPU {cpu} does not exist (this machine has CPUs 0-{count - 1})"
+            )
+        if cpu not in allowed:
+            raise ValueError(
+                f"cpus: CPU {cpu} is not in this process's CPU affinity set "
+                f"({', '.join(map(str, sorted(allowed)))}), so no worker may run on it"
+            )
+    return frozenset(cpus)
+
+
 def resolve_function(name: str) -> Callable[..., object]:
     """Import and return the function named ``"package.module:function"``.
 
@@ -283,6 +322,8 @@ class TaskOptions:
             per-task retry budget with exponential back-off instead.
         backoff: Seconds before the first retry when ``max_retries`` is set; each
             retry doubles it (up to 60 s), with jitter.
+        cpus: The CPUs the task runs on (its worker's affinity is set around the
+            call and restored after); None: wherever its worker runs.
     """
 
     timeout: float | None = None
@@ -294,6 +335,7 @@ class TaskOptions:
     priority: int = DEFAULT_PRIORITY
     max_retries: int | None = None
     backoff: float = 0.1
+    cpus: frozenset[int] | None = None
 
     @classmethod
     def build(
@@ -308,6 +350,7 @@ class TaskOptions:
         priority: object = DEFAULT_PRIORITY,
         max_retries: object = None,
         backoff: object = 0.1,
+        cpus: object = None,
     ) -> TaskOptions:
         """Validate every option and return the frozen set; raise on the first bad one."""
         return cls(
@@ -324,6 +367,7 @@ class TaskOptions:
                 else check_positive_int("max_retries", max_retries, allow_zero=True)
             ),
             backoff=check_duration("backoff", backoff),
+            cpus=check_cpus(cpus),
         )
 
     def replace(self, **changes: object) -> TaskOptions:

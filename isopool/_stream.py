@@ -8,13 +8,13 @@ pool's per-task ``timeout``). Leaving the generator early stops every task in fl
 from __future__ import annotations
 
 import collections
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 from ._errors import TaskTimeoutError
+from ._progress import Progress, check_progress, make_progress, total_of
 from ._spec import TaskOptions, check_positive_int, check_seconds
 from ._task import Reply, Task
 
@@ -37,7 +37,7 @@ class StreamSpec:
     timeout: float | None
     on_timeout: Literal["exit", "kill_task"]
     zip_input_on_exit: bool
-    progress: bool
+    progress: object  # see _progress: False, True, "always", a bar or a callable
 
     @classmethod
     def build(
@@ -47,7 +47,7 @@ class StreamSpec:
         timeout: float | None,
         on_timeout: str,
         zip_input_on_exit: bool,
-        progress: bool,
+        progress: object,
     ) -> StreamSpec:
         """Validate the options; raise ValueError/TypeError naming the bad one."""
         if max_concurrency is None:
@@ -62,7 +62,7 @@ class StreamSpec:
             timeout=check_seconds("timeout", timeout),
             on_timeout=on_timeout,  # type: ignore[arg-type]  # checked just above
             zip_input_on_exit=bool(zip_input_on_exit),
-            progress=bool(progress),
+            progress=check_progress(progress),
         )
 
 
@@ -83,7 +83,7 @@ def async_stream(
     options = replace(base or TaskOptions(), timeout=spec.timeout, restart="temporary")
     if spec.timeout is not None:
         options = replace(options, shutdown="brutal_kill")  # Elixir kills on time-out
-    bar = _progress_bar(iterable) if spec.progress else None
+    bar = make_progress(spec.progress, total_of(iterable))
     return _run(submit, fn, iter(iterable), spec, options, link, bar)
 
 
@@ -94,7 +94,7 @@ def _run(
     spec: StreamSpec,
     options: TaskOptions,
     link: bool,
-    bar: _Bar | None,
+    bar: Progress | None,
 ) -> Iterator[Reply[Any]]:
     window: collections.deque[tuple[Any, Task[Any]]] = collections.deque()
     exhausted = False
@@ -117,7 +117,7 @@ def _run(
                 continue
             item, task = ready
             if bar is not None:
-                bar.update(1)
+                bar.finished(task)
             yield _reply(item, task, spec, link)
     finally:
         for _, task in window:
@@ -161,22 +161,4 @@ def _reply(item: object, task: Task[Any], spec: StreamSpec, link: bool) -> Reply
         reason = "timeout"
     elif link and isinstance(reason, BaseException):
         raise reason
-    return Reply("exit", (item, reason) if spec.zip_input_on_exit else reason)
-
-
-class _Bar(Protocol):
-    def update(self, n: int) -> object: ...
-    def close(self) -> None: ...
-
-
-def _progress_bar(iterable: Iterable[Any]) -> _Bar | None:
-    """A tqdm bar on a terminal; None when not a TTY or tqdm is not installed."""
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    total = len(iterable) if isinstance(iterable, Sized) else None
-    bar: _Bar = tqdm(total=total, unit="task")
-    return bar
+    return Reply("exit", (item, reason) if spec.zip_input_on_exit else reason, reply.usage)

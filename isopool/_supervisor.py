@@ -108,7 +108,7 @@ class _Starting:
         timeout: float | None = 5.0,
         on_timeout: Literal["exit", "kill_task"] = "exit",
         zip_input_on_exit: bool = False,
-        progress: bool = False,
+        progress: object = False,
     ) -> Iterator[Reply[Any]]:
         """As ``Task.async_stream``, on this supervisor; a task failure raises."""
         spec = StreamSpec.build(
@@ -126,7 +126,7 @@ class _Starting:
         timeout: float | None = 5.0,
         on_timeout: Literal["exit", "kill_task"] = "exit",
         zip_input_on_exit: bool = False,
-        progress: bool = False,
+        progress: object = False,
     ) -> Iterator[Reply[Any]]:
         """As ``async_stream``, but a failed task yields ``Reply("exit", exc)``."""
         spec = StreamSpec.build(

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from ._errors import Shutdown as ShutdownExit
@@ -42,6 +42,7 @@ from ._spec import (
     check_shutdown,
     check_wait,
 )
+from ._usage import Usage, usage_of
 
 if TYPE_CHECKING:
     from ._outcome import Defer
@@ -86,10 +87,13 @@ class Reply(Generic[R]):
         status: ``"ok"`` (the task returned) or ``"exit"`` (it did not).
         value: For ``"ok"`` the task's return value; for ``"exit"`` the reason: the
             task's exception, ``"timeout"``, or ``"killed"`` when it was stopped.
+        usage: What the task's run cost (``Task.usage``), when its worker replied;
+            None otherwise. Not part of equality or the repr.
     """
 
     status: Literal["ok", "exit"]
     value: Any
+    usage: Usage | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -106,10 +110,11 @@ class Reply(Generic[R]):
         """The Reply of a finished ``task``."""
         if task.cancelled():
             return cls("exit", "killed")
+        usage = task.usage if isinstance(task, Task) else None
         exc = task.exception(timeout=0)
         if exc is not None:
-            return cls("exit", exc)
-        return cls("ok", task.result(timeout=0))
+            return cls("exit", exc, usage)
+        return cls("ok", task.result(timeout=0), usage)
 
 
 def describe(exc: BaseException) -> str:
@@ -213,6 +218,7 @@ class Task(Future[R], Generic[R]):
     _settle: Settle | None  # the outcome, not yet unpickled (see _outcome)
     _settle_lock: threading.Lock | None
     _settle_is_error: bool  # what the outcome is, before it is unpickled
+    _usage: bytes | None  # its last run's USAGE trailer, unpacked on demand (see _usage)
 
     def __init__(self) -> None:
         raise TypeError(
@@ -264,6 +270,7 @@ class Task(Future[R], Generic[R]):
         self._settle = None
         self._settle_lock = None
         self._settle_is_error = False
+        self._usage = None
         return self
 
     def __repr__(self) -> str:
@@ -281,6 +288,19 @@ class Task(Future[R], Generic[R]):
     def options(self) -> TaskOptions:
         """The per-task settings this task runs with (time-out, restart, ...)."""
         return self._options
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the task's run cost in its worker (``isopool.Usage``), once it finished.
+
+        None until the task has finished, and for a task whose worker sent nothing
+        back (it crashed, timed out or was killed while running, or its call did
+        not unpickle). For a task run more than once, its last run's.
+        See ``Usage`` for what each figure measures and how exact it is.
+        """
+        if not self.done():
+            return None
+        return usage_of(self._usage)
 
     def kill(self, *, wait: bool = True) -> bool:
         """Stop the task now: cancel it if pending, stop its process if running.
@@ -570,15 +590,23 @@ class Task(Future[R], Generic[R]):
         return task
 
     @staticmethod
-    def await_many(tasks: Iterable[Task[Any]], timeout: float | None = 5.0) -> list[Any]:
+    def await_many(
+        tasks: Iterable[Task[Any]], timeout: float | None = 5.0, *, progress: object = False
+    ) -> list[Any]:
         """Await every task; results in order, or the first failure.
 
         On a failure or a time-out the tasks still running are stopped, then the
         failure (or ``TaskTimeoutError``) is raised.
+
+        Args:
+            tasks: The tasks to await.
+            timeout: Seconds to wait in all (OTP's 5.0); None for ever.
+            progress: False (default), True (a tqdm bar when stderr is a terminal),
+                ``"always"``, a tqdm instance, or a callable ``(done, total, counts)``.
         """
         from ._many import await_many
 
-        return await_many(list(tasks), check_seconds("timeout", timeout))
+        return await_many(list(tasks), check_seconds("timeout", timeout), progress)
 
     @staticmethod
     def yield_many(
@@ -587,6 +615,7 @@ class Task(Future[R], Generic[R]):
         *,
         limit: int | None = None,
         on_timeout: OnTimeout = "nothing",
+        progress: object = False,
     ) -> list[Reply[Any] | None]:
         """Wait up to ``timeout`` seconds for the tasks; a Reply or None for each, in order.
 
@@ -597,10 +626,13 @@ class Task(Future[R], Generic[R]):
             on_timeout: What to do with the tasks still running: ``"nothing"``
                 (leave them), ``"ignore"`` (unlink them) or ``"kill_task"`` (stop
                 them brutally).
+            progress: As ``await_many``'s.
         """
         from ._many import yield_many
 
-        return yield_many(list(tasks), check_seconds("timeout", timeout), limit, on_timeout)
+        return yield_many(
+            list(tasks), check_seconds("timeout", timeout), limit, on_timeout, progress
+        )
 
     @staticmethod
     def async_stream(
@@ -612,7 +644,7 @@ class Task(Future[R], Generic[R]):
         timeout: float | None = 5.0,
         on_timeout: Literal["exit", "kill_task"] = "exit",
         zip_input_on_exit: bool = False,
-        progress: bool = False,
+        progress: object = False,
     ) -> Iterator[Reply[Any]]:
         """Run ``fn(item)`` for each item, lazily; yield a Reply per item.
 
@@ -626,7 +658,9 @@ class Task(Future[R], Generic[R]):
             on_timeout: ``"exit"``: stop every task and raise ``TaskTimeoutError``;
                 ``"kill_task"``: yield ``Reply("exit", "timeout")`` and go on.
             zip_input_on_exit: Exit reasons become ``(input, reason)``.
-            progress: Show a progress bar on a terminal (needs ``isopool[progress]``).
+            progress: False (default), True (a tqdm bar when stderr is a terminal;
+                needs ``isopool[progress]``), ``"always"``, a tqdm instance, or a
+                callable ``(done, total, counts)``.
 
         The tasks are linked: a task that raises stops the stream's other tasks and
         the exception is raised from the stream. ``TaskSupervisor.async_stream_nolink``

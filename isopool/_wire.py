@@ -9,6 +9,23 @@ A frame is a fixed 16-byte header followed by its payload::
     4       4     length    payload bytes, little-endian
     8       8     task id   little-endian
 
+A reply (RESULT, ERROR, SHUTDOWN, BAD_PAYLOAD) ends with a fixed 48-byte usage trailer
+(``USAGE``, version 2 of the format; version 1 had none): what the call cost in the
+worker, as six little-endian numbers::
+
+    offset from the trailer's start
+    0    8  wall seconds          (double; time.perf_counter around the call)
+    8    8  CPU user seconds      (double; getrusage SELF + CHILDREN deltas)
+    16   8  CPU system seconds    (double; the same)
+    24   8  peak RSS, bytes       (uint64; ru_maxrss high-water mark, not a delta)
+    32   8  voluntary switches    (uint64; ru_nvcsw delta)
+    40   8  involuntary switches  (uint64; ru_nivcsw delta)
+
+It sits after the pickle or JSON, inside the frame's length, so the framing and every
+other kind are unchanged; ``split_usage`` takes it off (in place for a large frame).
+A wall time below zero says the call never ran (its BAD_PAYLOAD "call unpickle"):
+no usage. The numbers are the worker's measure of the call alone; see ``_usage``.
+
 The task id travels in the header, outside the pickle, so a payload that cannot be
 unpickled (or a worker that dies while reading one) is still pinned on exactly one
 task. Payloads are pickles: the standard pickler first (fast), cloudpickle when the
@@ -37,12 +54,15 @@ __all__ = [
     "HEADER",
     "INIT_FAILED",
     "MAX_PAYLOAD",
+    "NOT_RUN",
+    "REPLIES",
     "RESULT",
     "REVOKE",
     "REVOKED",
     "REVOKED_LATE",
     "REVOKED_OK",
     "SHUTDOWN",
+    "USAGE",
     "Frame",
     "FrameReader",
     "Payload",
@@ -55,9 +75,10 @@ __all__ = [
     "loads_exception",
     "pack_header",
     "remote_traceback",
+    "split_usage",
 ]
 
-VERSION: Final = 1
+VERSION: Final = 2  # 2: replies end with the USAGE trailer
 HEADER: Final = struct.Struct("<BBHIQ")
 MAX_PAYLOAD: Final = 2**32 - 1  # the length field is 4 bytes
 
@@ -74,6 +95,9 @@ REVOKED: Final = 7
 REVOKED_OK: Final = b"\x01"
 REVOKED_LATE: Final = b"\x00"
 _KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN, REVOKED})
+REPLIES: Final = frozenset({RESULT, ERROR, SHUTDOWN, BAD_PAYLOAD})  # end with USAGE
+# (wall, user, system seconds; peak RSS bytes; voluntary, involuntary switches)
+USAGE: Final = struct.Struct("<dddQQQ")
 
 # parent -> worker, on the worker's control pipe (not the call pipe, which the worker
 # does not read while a call runs): "do not start call number N" (1-based, in the
@@ -237,6 +261,28 @@ class FrameReader:
             )
 
 
+NOT_RUN: Final = USAGE.pack(-1.0, 0.0, 0.0, 0, 0, 0)
+"""The trailer of a reply whose call never ran (it did not unpickle)."""
+
+
+def split_usage(payload: Payload) -> tuple[Payload, bytes | None]:
+    """Return a reply's payload without its USAGE trailer, and the trailer's bytes.
+
+    The bytes, not the numbers: the monitor unpacks nothing per reply (``Task.usage``
+    and ``Pool.stats()`` do, later). A bytearray (a large frame, read in place) is
+    shortened in place: no copy of a 10 MB result. A payload too short to hold a
+    trailer gives ``(payload, None)``.
+    """
+    size = USAGE.size
+    if len(payload) < size:
+        return payload, None
+    if isinstance(payload, bytearray):
+        trailer = bytes(payload[-size:])
+        del payload[-size:]  # in place
+        return payload, trailer
+    return payload[:-size], payload[-size:]
+
+
 def dumps(obj: object) -> bytes:
     """Pickle ``obj`` with the standard pickler, or cloudpickle when it needs one.
 
@@ -260,9 +306,16 @@ def dumps_call(
     args: tuple[object, ...],
     kwargs: dict[str, object],
     memory_limit: int | None,
+    cpus: frozenset[int] | None = None,
 ) -> bytes:
-    """Pickle one call for a worker; raises whatever pickling raised."""
-    return dumps((fn, args, kwargs, memory_limit))
+    """Pickle one call for a worker; raises whatever pickling raised.
+
+    The tuple is ``(fn, args, kwargs, memory_limit)``, plus ``cpus`` (the CPUs to run
+    the call on) only when given: a call without it is the same bytes as before.
+    """
+    if cpus is None:
+        return dumps((fn, args, kwargs, memory_limit))
+    return dumps((fn, args, kwargs, memory_limit, cpus))
 
 
 # The worker-side traceback of a task's exception, chained as its ``__cause__``: the

@@ -330,3 +330,51 @@ def announce_huge_frame_with_cookie(length):
 def touch(path, value=None):
     Path(path).touch()
     return value
+
+
+def burn_cpu(seconds):
+    """Spin until this process has used ``seconds`` of CPU time; return how much it used."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start
+
+
+def burn_cpu_in_child(seconds):
+    """Run a child process that burns ``seconds`` of CPU, and reap it."""
+    code = f"import time\ns = time.process_time()\nwhile time.process_time() - s < {seconds}: pass"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def touch_bytes(nbytes):
+    """Allocate ``nbytes`` and write every page, so they count in the resident set."""
+    data = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):
+        data[i] = 1
+    return len(data)
+
+
+def affinity():
+    """The CPUs this worker may run on, sorted."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def affinity_of_child():
+    """The CPUs a child process of this worker may run on, sorted."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip()
+
+
+def raise_then_crash(path):
+    """Raise on the first run (a reply), exit hard on every later one (no reply)."""
+    marker = Path(path)
+    if not marker.exists():
+        marker.write_text("ran")
+        raise ValueError("first run")
+    os._exit(9)
