@@ -10,6 +10,9 @@ slot::
     isopool:{NAME}:job:ID       the job: signed call, options, status, deliveries,
                                 attempts, its current stream entry, signed result
     isopool:{NAME}:delayed      jobs waiting out a retry back-off (score: due, ms)
+    isopool:{NAME}:scheduled    jobs enqueued for later (``enqueue_in``/``enqueue_at``;
+                                score: due, ms); apart from retries, so each is counted
+    isopool:{NAME}:unique:KEY   the id of the job that holds uniqueness key KEY
     isopool:{NAME}:dead         the dead-letter stream: job id and reason
     isopool:{NAME}:done:ID      a wake-up list for ``Job.result`` waiters
 
@@ -21,6 +24,13 @@ worker could leave behind). Starting, renewing, finishing, retrying, handing bac
 dead-lettering are each one Lua script that checks, server-side and atomically, that
 the caller still owns the entry; a worker that lost its lease cannot write a result.
 
+A scheduled job is a job hash with status ``scheduled`` and an entry in the scheduled
+set; every worker moves due jobs (and due retries) into their band's stream, in one
+script that re-checks each, so a job due while every worker was down runs when the
+first one comes back, once. A unique key is taken in the enqueue script itself: it
+holds while its job is not final, and ``unique_for`` after the job's ``ended`` time;
+two clients racing on one key get the same job id.
+
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
 their kind, and verified before anything is unpickled. Redis is imported lazily:
 the core of isopool works without it.
@@ -29,8 +39,10 @@ the core of isopool works without it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
+import math
 import pickle
 import time
 import uuid
@@ -70,6 +82,7 @@ GROUP: Final = "workers"
 FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
 _WAKE_TTL: Final = 300  # seconds a result wake-up token lives
 _POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
+_UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under it
 
 # -- the server-side steps ------------------------------------------------------------
 # Every script first checks the epoch (the server still has this queue's state), and
@@ -99,17 +112,47 @@ local function dead(job, id, reason, now)
 end
 """
 
-# ARGV: prefix epoch id payload name band options now
+# The scripts below declare every key they touch in KEYS (Redis Cluster routes by them,
+# and strict servers refuse undeclared keys); the client reads what it must first.
+_LUA_EPOCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
+end
+"""
+
+# KEYS: epoch job stream(band) scheduled [unique held-job]
+# ARGV: epoch id payload name band options now due_ms held unique_for_ms key
+# A unique key holds the id of the job that owns it; the caller passes the id it read
+# (``held``) and that job's hash, and the script takes the key only if it still holds
+# that id and the holder is over: final, and ended at least unique_for ago.
 _LUA_ENQUEUE = (
-    _LUA_PRELUDE
+    _LUA_EPOCH
     + """
-local id, band = ARGV[3], ARGV[6]
-local job = prefix .. ':job:' .. id
-redis.call('HSET', job, 'payload', ARGV[4], 'name', ARGV[5], 'band', band,
-  'options', ARGV[7], 'status', 'queued', 'deliveries', 0, 'attempts', 0, 'created', ARGV[8])
-local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-redis.call('HSET', job, 'entry', entry)
-return entry
+local id, now, due = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8])
+if #KEYS >= 5 then
+  local held = redis.call('GET', KEYS[5]) or ''
+  if held ~= ARGV[9] then return {'retry', held} end
+  if held ~= '' then
+    local v = redis.call('HMGET', KEYS[6], 'status', 'ended', 'unique_for')
+    if v[1] then
+      local final = v[1] == 'done' or v[1] == 'failed' or v[1] == 'dead' or v[1] == 'cancelled'
+      if not final then return {'exists', held} end
+      if tonumber(v[2] or 0) + tonumber(v[3] or 0) > now then return {'exists', held} end
+    end
+  end
+  redis.call('SET', KEYS[5], id)
+end
+redis.call('HSET', KEYS[2], 'payload', ARGV[3], 'name', ARGV[4], 'band', ARGV[5],
+  'options', ARGV[6], 'status', 'queued', 'deliveries', 0, 'attempts', 0, 'created', now,
+  'unique_for', ARGV[10], 'key', ARGV[11])
+if due > now then
+  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'due', due)
+  redis.call('ZADD', KEYS[4], due, id)
+  return {'scheduled', id}
+end
+local entry = redis.call('XADD', KEYS[3], '*', 'id', id)
+redis.call('HSET', KEYS[2], 'entry', entry)
+return {'queued', id}
 """
 )
 
@@ -198,36 +241,51 @@ return 1
 """
 )
 
-# ARGV: prefix epoch now limit
+# KEYS: epoch delayed scheduled stream0..stream9 job(id1) job(id2) ...
+# ARGV: epoch now id1 id2 ...   (the ids the caller found due in either set)
+# Retries (delayed) and scheduled jobs wait in two sets, so that each is counted apart;
+# both become queued the same way, at the tail of their band.
 _LUA_PROMOTE = (
-    _LUA_PRELUDE
+    _LUA_EPOCH
     + """
-local ids = redis.call('ZRANGEBYSCORE', prefix .. ':delayed', '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', prefix .. ':delayed', id)
-  local job = prefix .. ':job:' .. id
-  if redis.call('HGET', job, 'status') == 'delayed' then
-    local band = redis.call('HGET', job, 'band')
-    local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-    redis.call('HSET', job, 'status', 'queued', 'entry', entry)
+local now, moved = tonumber(ARGV[2]), 0
+for i = 3, #ARGV do
+  local id, job = ARGV[i], KEYS[11 + i]
+  local score = redis.call('ZSCORE', KEYS[2], id) or redis.call('ZSCORE', KEYS[3], id)
+  if score and tonumber(score) <= now then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    local v = redis.call('HMGET', job, 'status', 'band')
+    if v[1] == 'delayed' or v[1] == 'scheduled' then
+      local entry = redis.call('XADD', KEYS[4 + tonumber(v[2])], '*', 'id', id)
+      redis.call('HSET', job, 'status', 'queued', 'entry', entry)
+      moved = moved + 1
+    end
   end
 end
-return #ids
+return moved
 """
 )
 
-# ARGV: prefix epoch id now
+# KEYS: epoch job delayed scheduled done
+# ARGV: epoch id now
+# A waiting job ends at once (and is kept for its result_ttl); a running one is flagged,
+# and the worker that runs it sees the flag within a second and stops its process.
 _LUA_CANCEL = (
-    _LUA_PRELUDE
+    _LUA_EPOCH
     + """
-local id = ARGV[3]
-local job = prefix .. ':job:' .. id
+local job = KEYS[2]
 local status = redis.call('HGET', job, 'status')
 if not status then return 'missing' end
-if status == 'queued' or status == 'delayed' then
-  redis.call('ZREM', prefix .. ':delayed', id)
-  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[4])
-  notify(id)
+if status == 'queued' or status == 'delayed' or status == 'scheduled' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[3])
+  local ok, options = pcall(cjson.decode, redis.call('HGET', job, 'options') or '{}')
+  local ttl = ok and tonumber(options['result_ttl']) or 86400
+  redis.call('EXPIRE', job, math.max(1, math.floor(ttl)))
+  redis.call('RPUSH', KEYS[5], '1')
+  redis.call('EXPIRE', KEYS[5], 300)
   return 'cancelled'
 end
 if status == 'running' then
@@ -279,6 +337,12 @@ class JobOptions:
         backoff: Seconds before the first retry, doubling each time (max 60 s).
         result_ttl: Seconds a finished job and its result are kept (default 1 day).
         memory_limit: Bytes a run may allocate, or None.
+        key: A uniqueness key: while a job with this key is scheduled, queued,
+            running or waiting to retry (and for ``unique_for`` seconds after it
+            ended), enqueueing the same key returns that job instead of a new one.
+        unique_for: Seconds the key stays taken after its job ended (default 0).
+            The finished job is kept at least that long (``result_ttl`` is raised
+            to it), since its record is what holds the key.
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -288,6 +352,8 @@ class JobOptions:
     backoff: float = 1.0
     result_ttl: float = 86400.0
     memory_limit: int | None = None
+    key: str | None = None
+    unique_for: float = 0.0
 
     @classmethod
     def build(cls, **options: object) -> JobOptions:
@@ -302,14 +368,22 @@ class JobOptions:
         ttl = check_duration("result_ttl", merged["result_ttl"])
         if ttl < 1:
             raise ValueError(f"result_ttl must be at least 1 second, got {ttl!r}")
+        key = merged["key"]
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ValueError(f"key must be a non-empty string or None, got {key!r}")
+        unique_for = check_duration("unique_for", merged["unique_for"])
+        if unique_for and key is None:
+            raise ValueError("unique_for needs a key= to be unique on")
         return cls(
             priority=check_priority(merged["priority"]),
             timeout=check_seconds("timeout", merged["timeout"]),
             restart=restart,
             max_retries=check_positive_int("max_retries", merged["max_retries"], allow_zero=True),
             backoff=check_duration("backoff", merged["backoff"]),
-            result_ttl=ttl,
             memory_limit=parse_memory_limit(merged["memory_limit"]),
+            key=key,
+            unique_for=unique_for,
+            result_ttl=max(ttl, unique_for),
         )
 
     def merge(self, changes: Mapping[str, object]) -> JobOptions:
@@ -413,6 +487,44 @@ class RedisQueue:
         """
         return self._enqueue(fn, args, kwargs, self._options)
 
+    def enqueue_in(
+        self, seconds: float, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)`` to become runnable ``seconds`` from now.
+
+        Until then its status is ``"scheduled"`` and ``Job.cancel()`` ends it. The job
+        waits in Redis, not in a worker: workers that are down at that time run it
+        when they come back.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not a finite number.
+            QueueUnavailableError: Redis is unreachable or lost the queue's state.
+        """
+        return self._enqueue(fn, args, kwargs, self._options, due=_due_in(seconds))
+
+    def enqueue_at(
+        self,
+        when: datetime.datetime | float,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        **kwargs: object,
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)`` to become runnable at ``when``.
+
+        Args:
+            when: An aware ``datetime`` or a Unix time in seconds; a time in the past
+                makes the job runnable at once.
+            fn: As in ``enqueue``.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Raises:
+            ValueError: ``when`` is a naive datetime (its time zone would be a guess).
+            TypeError: ``when`` is neither a datetime nor a number.
+        """
+        return self._enqueue(fn, args, kwargs, self._options, due=_due_at(when))
+
     def options(self, **options: object) -> QueueOptions:
         """Return a view that enqueues with other options (see ``JobOptions``)."""
         return QueueOptions(self, self._options.merge(options))
@@ -423,6 +535,7 @@ class RedisQueue:
         args: tuple[object, ...],
         kwargs: dict[str, object],
         options: JobOptions,
+        due: float | None = None,
     ) -> Job:
         if isinstance(fn, str):
             if fn not in self._names:
@@ -433,17 +546,35 @@ class RedisQueue:
         job_id = uuid.uuid4().hex
         body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
         payload = self.keys.sign(body, self.context(job_id, "call"))
-        with self.translate_errors():
-            self.script(
-                "enqueue",
-                job_id,
-                payload,
-                describe_function(fn),
-                options.priority,
-                options.to_json(),
-                _now_ms(),
-            )
-        return Job(self, job_id)
+        keys = [self.job_key(job_id), self.stream(options.priority), f"{self.prefix}:scheduled"]
+        unique = None if options.key is None else f"{self.prefix}:unique:{options.key}"
+        args_tail = [int(options.unique_for * 1000), options.key or ""]
+        due_ms = 0 if due is None else int(due * 1000)
+        for _attempt in range(_UNIQUE_ROUNDS):
+            held = ""
+            extra: list[str] = []
+            with self.translate_errors():
+                if unique is not None:
+                    held = _text(self.redis.get(unique) or b"")
+                    extra = [unique, self.job_key(held)] if held else [unique]
+                verdict, got = self.run(
+                    "enqueue",
+                    [*keys, *extra],
+                    job_id,
+                    payload,
+                    describe_function(fn),
+                    options.priority,
+                    options.to_json(),
+                    _now_ms(),
+                    due_ms,
+                    held,
+                    *args_tail,
+                )
+            if _text(verdict) != "retry":
+                return Job(self, _text(got))
+        raise QueueUnavailableError(  # pragma: no cover - needs a storm of racing writers
+            f"could not take unique key {options.key!r} in {_UNIQUE_ROUNDS} rounds"
+        )
 
     # -- looking jobs up ------------------------------------------------------------------
 
@@ -498,6 +629,33 @@ class RedisQueue:
     def stream(self, band: int) -> str:
         """The stream key of priority band ``band``."""
         return f"{self.prefix}:jobs:{band}"
+
+    def job_key(self, job_id: str) -> str:
+        """The hash key of job ``job_id``."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def scheduled(self) -> int:
+        """Jobs waiting for their time (``enqueue_in``/``enqueue_at``), not retries."""
+        with self.translate_errors():
+            return int(self.redis.zcard(f"{self.prefix}:scheduled"))
+
+    def promote(self, now_ms: int, limit: int = 100) -> int:
+        """Queue the retries and scheduled jobs that are due; return how many moved."""
+        delayed, scheduled = f"{self.prefix}:delayed", f"{self.prefix}:scheduled"
+        with self.translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrangebyscore(delayed, "-inf", now_ms, start=0, num=limit)
+            pipe.zrangebyscore(scheduled, "-inf", now_ms, start=0, num=limit)
+            ids = list(dict.fromkeys(_text(i) for got in pipe.execute() for i in got))
+            if not ids:
+                return 0
+            streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
+            jobs = [self.job_key(i) for i in ids]
+            return int(self.run("promote", [delayed, scheduled, *streams, *jobs], now_ms, *ids))
+
+    def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
+        """Run a script that declares its keys: the epoch key and its value come first."""
+        return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
 
     def context(self, job_id: str, kind: str) -> bytes:
         """What a signature binds a payload to: this queue, this job, this kind."""
@@ -556,6 +714,23 @@ class QueueOptions:
         """As ``RedisQueue.enqueue``, with this view's options."""
         return self._queue._enqueue(fn, args, kwargs, self.job_options)
 
+    def enqueue_in(
+        self, seconds: float, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Job:
+        """As ``RedisQueue.enqueue_in``, with this view's options."""
+        return self._queue._enqueue(fn, args, kwargs, self.job_options, due=_due_in(seconds))
+
+    def enqueue_at(
+        self,
+        when: datetime.datetime | float,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        **kwargs: object,
+    ) -> Job:
+        """As ``RedisQueue.enqueue_at``, with this view's options."""
+        return self._queue._enqueue(fn, args, kwargs, self.job_options, due=_due_at(when))
+
     def options(self, **options: object) -> QueueOptions:
         """A view with more options changed."""
         return QueueOptions(self._queue, self.job_options.merge(options))
@@ -581,7 +756,11 @@ class Job:
         return f"{self.queue.prefix}:job:{self.id}"
 
     def status(self) -> str:
-        """One of queued, running, delayed, done, failed, dead, cancelled, or missing."""
+        """The job's state: scheduled, queued, running, delayed, done, failed, dead...
+
+        One of scheduled (waiting for its time), queued, running, delayed (waiting
+        out a retry back-off), done, failed, dead, cancelled, or missing.
+        """
         with self.queue.translate_errors():
             status = self.queue.redis.hget(self.key, "status")
         return status.decode() if status else "missing"
@@ -596,15 +775,21 @@ class Job:
     def cancel(self) -> bool:
         """Cancel the job: at once if it waits; a running job's worker stops it.
 
+        A scheduled, queued or retry-waiting job is cancelled at once. A running job
+        is flagged: the worker running it (on whatever machine) sees the flag within
+        about a second, stops the job's process and its process group (SIGTERM, then
+        SIGKILL after 5 s), and stores the status ``"cancelled"``. A cancelled job is
+        never delivered again (unless ``RedisQueue.requeue`` puts it back). If the run
+        finishes before the worker sees the flag, its result stands.
+
         Returns:
             True if it is (or will be) cancelled; False if it already ended.
         """
+        prefix = self.queue.prefix
+        keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
         with self.queue.translate_errors():
-            state = self.queue.script("cancel", self.id, _now_ms())
-        return (state.decode() if isinstance(state, bytes) else state) in (
-            "cancelled",
-            "cancelling",
-        )
+            state = self.queue.run("cancel", keys, self.id, _now_ms())
+        return _text(state) in ("cancelled", "cancelling")
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
         """Wait for the job's result; raise its exception with its own type.
@@ -702,6 +887,31 @@ def _warn_if_volatile(r: redis.Redis, name: str) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _due_in(seconds: object) -> float:
+    """The Unix time ``seconds`` from now."""
+    return time.time() + check_duration("seconds", seconds)
+
+
+def _due_at(when: object) -> float:
+    """``when`` (an aware datetime or a Unix time) as a Unix time."""
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(
+                f"enqueue_at needs an aware datetime, got the naive {when!r}: its time zone "
+                "would be a guess; pass e.g. datetime.now(timezone.utc) + timedelta(...)"
+            )
+        return when.timestamp()
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        raise TypeError(f"when must be an aware datetime or a Unix time, got {when!r}")
+    if not math.isfinite(when):
+        raise ValueError(f"when must be a finite Unix time, got {when!r}")
+    return float(when)
 
 
 def _redact(url: str) -> str:
