@@ -9,6 +9,7 @@ One loop, one thread::
     every lease/4         -> claim entries idle for longer than the lease (dead workers)
     every 0.5 s           -> look for cancel flags on running jobs: kill their processes
     every 0.2 s           -> PROMOTE due retries and due scheduled jobs into the streams
+    every 1 s             -> FIRE due cron schedules (``_schedules``): one job per tick
     continually           -> FINISH each finished job: done, failed, retry (back-off),
                              cancelled, or dead-letter
 
@@ -36,6 +37,7 @@ from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
 from ._policy import backoff_delay
 from ._pool import Pool
 from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
+from ._schedules import fire_due
 from ._spec import MAX_PRIORITY, TaskOptions
 from ._task import Task
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _PROMOTE_EVERY: Final = 0.2  # seconds between moves of due jobs into the streams
 _CANCEL_EVERY: Final = 0.5  # seconds between looks for cancel flags on running jobs
+_SCHEDULES_EVERY: Final = 1.0  # seconds between looks for due cron schedules
 _IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
 _BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
 _BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
@@ -120,6 +123,7 @@ class QueueWorker:
         timers = {
             "promote": 0.0,
             "cancel": 0.0,
+            "schedules": 0.0,
             "claim": 0.0,
             "renew": time.monotonic() + self.queue.lease / 3,
         }
@@ -140,6 +144,9 @@ class QueueWorker:
         if now >= timers["promote"]:
             self.queue.promote(_now_ms(), 100)
             timers["promote"] = now + _PROMOTE_EVERY
+        if now >= timers["schedules"]:
+            fire_due(self.queue, time.time())
+            timers["schedules"] = now + _SCHEDULES_EVERY
         if now >= timers["cancel"]:
             self._check_cancels()
             timers["cancel"] = now + _CANCEL_EVERY

@@ -57,6 +57,7 @@ from ._errors import (
     SignatureError,
     TaskCrashError,
 )
+from ._schedules import SCHEDULE_SCRIPTS, Schedule
 from ._signing import Keyring
 from ._spec import (
     DEFAULT_PRIORITY,
@@ -74,7 +75,7 @@ from ._spec import (
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue"]
+__all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue", "Schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,7 @@ _SCRIPTS: Final = {
     "promote": _LUA_PROMOTE,
     "cancel": _LUA_CANCEL,
     "requeue": _LUA_REQUEUE,
+    **SCHEDULE_SCRIPTS,
 }
 
 
@@ -524,6 +526,55 @@ class RedisQueue:
             TypeError: ``when`` is neither a datetime nor a number.
         """
         return self._enqueue(fn, args, kwargs, self._options, due=_due_at(when))
+
+    def schedule(
+        self,
+        cron: str,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        name: str | None = None,
+        tz: str | None = None,
+        **kwargs: object,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a cron schedule: one job per tick, queue-wide.
+
+        The schedule lives in Redis: every ``isopool worker`` of the queue fires it,
+        and however many workers (or clients) declare it, each tick enqueues exactly
+        one job. Declaring it again with the same definition keeps its next tick;
+        with another one, replaces it. Ticks missed while every worker was down are
+        run once, late, when the first worker comes back: never a burst.
+
+        Args:
+            cron: Five fields (``"*/5 * * * *"``), a shorthand (``"@daily"``), or
+                either behind ``CRON_TZ=Area/City``.
+            fn: As in ``enqueue``.
+            *args: Its positional arguments.
+            name: The schedule's name (default: the function's "module:function").
+            tz: The IANA time zone the fields are read in (default UTC).
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            The schedule as stored, with its next run time.
+
+        Raises:
+            ValueError: a bad cron expression, naming the field, or unknown zone.
+        """
+        from ._schedules import define
+
+        return define(self, cron, fn, args, kwargs, self._options, name, tz)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove schedule ``name``; True if it existed (its jobs stay)."""
+        from ._schedules import remove
+
+        return remove(self, name)
+
+    def schedules(self) -> list[Schedule]:
+        """The queue's schedules with their next run times, soonest first."""
+        from ._schedules import list_schedules
+
+        return list_schedules(self)
 
     def options(self, **options: object) -> QueueOptions:
         """Return a view that enqueues with other options (see ``JobOptions``)."""
@@ -730,6 +781,21 @@ class QueueOptions:
     ) -> Job:
         """As ``RedisQueue.enqueue_at``, with this view's options."""
         return self._queue._enqueue(fn, args, kwargs, self.job_options, due=_due_at(when))
+
+    def schedule(
+        self,
+        cron: str,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        name: str | None = None,
+        tz: str | None = None,
+        **kwargs: object,
+    ) -> Schedule:
+        """As ``RedisQueue.schedule``, each tick's job with this view's options."""
+        from ._schedules import define
+
+        return define(self._queue, cron, fn, args, kwargs, self.job_options, name, tz)
 
     def options(self, **options: object) -> QueueOptions:
         """A view with more options changed."""

@@ -29,3 +29,9 @@ def enqueue_unique(url, name, secret, key, start_at):
         return queue.options(key=key).enqueue("tests._tasks:echo", os.getpid()).id
     finally:
         queue.close()
+
+
+def record_tick():
+    """Append "pid time" to the file named by $TEST_TICKS_FILE (a --cron job takes no args)."""
+    with open(os.environ["TEST_TICKS_FILE"], "a") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")

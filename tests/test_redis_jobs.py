@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -301,3 +303,178 @@ def test_running_job_cancelled_while_its_worker_is_dead_never_runs_again(
         job.result(timeout=30)
     assert job.status() == "cancelled"
     assert len(marker.read_text().splitlines()) == 1
+
+
+# -- periodic jobs ------------------------------------------------------------------------
+
+
+def make_due(queue: isopool.RedisQueue, name: str, tick_ms: int) -> None:
+    """Move schedule ``name``'s next tick to ``tick_ms``: as if that tick had come."""
+    queue.redis.hset(f"{queue.prefix}:schedule:{name}", "next", tick_ms)
+    queue.redis.zadd(f"{queue.prefix}:schedules", {name: tick_ms})
+
+
+def scheduled_jobs(queue: isopool.RedisQueue, name: str) -> list[dict[bytes, bytes]]:
+    """The job hashes that schedule ``name`` enqueued."""
+    found = []
+    for key in queue.redis.scan_iter(match=f"{queue.prefix}:job:*"):
+        job = queue.redis.hgetall(key)
+        if job.get(b"schedule") == name.encode():
+            found.append(job)
+    return found
+
+
+@pytest.mark.redis
+def test_schedule_is_stored_with_next_run_and_listed_by_cli(queues, processes):
+    """queue.schedule stores the cron and its next tick; `isopool schedules` lists both."""
+    queue = queues()
+    made = queue.schedule("*/5 * * * *", ECHO, "tick", name="five")
+    assert (made.name, made.cron, made.zone, made.function) == ("five", "*/5 * * * *", "UTC", ECHO)
+    assert time.time() < made.next_run <= time.time() + 300
+    assert made.next_run % 300 == 0
+    assert made.last_run is None
+    paris = queue.schedule("0 9 * * mon-fri", ECHO, 1, name="report", tz="Europe/Paris")
+    assert [s.name for s in queue.schedules()] == sorted(
+        ["five", "report"], key=lambda n: {"five": made, "report": paris}[n].next_run
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "isopool", "schedules", "--redis", queue.url, "--queue", queue.name],
+        env=processes.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "five  [*/5 * * * *  UTC]  tests._tasks:echo  next " in out
+    assert time.strftime("%Y-%m-%d %H:%M", time.gmtime(made.next_run)) in out
+    assert "report  [0 9 * * mon-fri  Europe/Paris]" in out
+    assert queue.unschedule("five") is True
+    assert [s.name for s in queue.schedules()] == ["report"]
+
+
+@pytest.mark.redis
+def test_schedule_declared_again_keeps_next_tick_changed_replaces_it(queues):
+    """Re-declaring the same schedule (a worker restart) keeps its tick; a new cron resets it."""
+    queue = queues()
+    queue.schedule("0 0 1 1 *", ECHO, 1, name="yearly")
+    make_due(queue, "yearly", 12345)
+    assert queue.schedule("0 0 1 1 *", ECHO, 1, name="yearly").next_run == 12.345
+    changed = queue.schedule("0 0 1 6 *", ECHO, 1, name="yearly")
+    assert changed.next_run > time.time()
+    assert len(queue.schedules()) == 1
+
+
+@pytest.mark.redis
+def test_schedule_bad_cron_or_zone_raises_value_error(queues):
+    """A bad cron expression or zone is refused at schedule(), and nothing is stored."""
+    queue = queues()
+    with pytest.raises(ValueError, match="hour"):
+        queue.schedule("0 25 * * *", ECHO, 1)
+    with pytest.raises(ValueError, match="time zone"):
+        queue.schedule("0 1 * * *", ECHO, 1, tz="Nowhere/Special")
+    assert queue.schedules() == []
+
+
+@pytest.mark.redis
+def test_schedule_due_tick_fired_by_racing_threads_enqueues_one_job(queues):
+    """Sixteen clients fire the same due tick at once: one job, and the next tick is ahead."""
+    from isopool._schedules import fire_due
+
+    queue = queues()
+    queue.schedule("* * * * *", ECHO, "tick", name="minutely")
+    tick = int(time.time() * 1000) - 1000
+    make_due(queue, "minutely", tick)
+    clients = [queues(queue.name) for _ in range(16)]
+    barrier = threading.Barrier(len(clients))
+    fired: list[int] = []
+
+    def race(client: isopool.RedisQueue) -> None:
+        barrier.wait(timeout=30)
+        fired.append(fire_due(client, time.time()))
+
+    threads = [threading.Thread(target=race, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(fired) == [0] * 15 + [1]
+    jobs = scheduled_jobs(queue, "minutely")
+    assert [int(job[b"tick"]) for job in jobs] == [tick]
+    (listed,) = queue.schedules()
+    assert listed.last_run == tick / 1000
+    assert listed.last_job is not None
+    assert queue.job(listed.last_job).status() == "queued"
+    assert time.time() < listed.next_run <= time.time() + 60
+
+
+@pytest.mark.redis
+def test_schedule_ticks_missed_while_workers_down_run_once_late(
+    redis_server, queues, processes, tmp_path
+):
+    """An hour of missed minutely ticks: the worker that comes back runs one job, no burst."""
+    queue = queues()
+    marker = tmp_path / "runs"
+    queue.schedule("* * * * *", "tests._tasks:count_run", str(marker), "late", name="minutely")
+    make_due(queue, "minutely", int((time.time() - 3600) * 1000))
+    processes.worker(redis_server.url, queue.name)
+    assert wait_for(lambda: any(s.last_job for s in queue.schedules()), timeout=30)
+    (listed,) = queue.schedules()
+    assert listed.last_job is not None
+    assert queue.job(listed.last_job).result(timeout=30) == "late"
+    assert len(scheduled_jobs(queue, "minutely")) == 1
+    assert len(marker.read_text().splitlines()) == 1
+    assert time.time() - 5 < listed.next_run <= time.time() + 60
+
+
+@pytest.mark.redis
+def test_schedule_with_forged_call_is_never_run(redis_server, queues, processes, tmp_path):
+    """A schedule whose stored call is signed with another key is refused, not run."""
+    from isopool._signing import Keyring
+
+    queue = queues()
+    marker = tmp_path / "forged"
+    queue.schedule("* * * * *", "tests._tasks:touch", str(marker), name="forged")
+    other = Keyring.load("another-secret-0123456789abcdef")
+    key = f"{queue.prefix}:schedule:forged"
+    body = queue.keys.verify(
+        queue.redis.hget(key, "call"), queue.context("schedule:forged", "schedule")
+    )
+    queue.redis.hset(key, "call", other.sign(body, queue.context("schedule:forged", "schedule")))
+    make_due(queue, "forged", int(time.time() * 1000) - 1000)
+    worker = processes.worker(redis_server.url, queue.name)
+    assert wait_for(lambda: "schedule 'forged' refused" in worker.log(), timeout=30)
+    assert scheduled_jobs(queue, "forged") == []
+    assert not marker.exists()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_worker_cron_option_three_workers_one_job_per_tick(
+    redis_server, queues, processes, tmp_path
+):
+    """Three workers declare `--cron '* * * * *=...'`: the next real minute runs one job."""
+    queue = queues()
+    ticks = tmp_path / "ticks"
+    procs = [
+        processes.spawn(
+            [
+                *("worker", "--redis", redis_server.url, "--queue", queue.name),
+                *("--workers", "1", "--drain", "1"),
+                *("--cron", "* * * * *=tests._job_tasks:record_tick"),
+            ],
+            {"TEST_TICKS_FILE": str(ticks)},
+        )
+        for _ in range(3)
+    ]
+    name = "tests._job_tasks:record_tick"
+    assert wait_for(lambda: [s.name for s in queue.schedules()] == [name], timeout=30)
+    assert wait_for(ticks.exists, timeout=90)
+    (listed,) = queue.schedules()
+    assert listed.last_job is not None
+    queue.job(listed.last_job).result(timeout=30)
+    # The tick is claimed (its "next" moved on); give the other two workers several
+    # looks (they look every second) to show they enqueue nothing more for it.
+    time.sleep(3)
+    assert len(scheduled_jobs(queue, name)) == 1
+    assert len(ticks.read_text().splitlines()) == 1
+    assert all(proc.popen.poll() is None for proc in procs)
