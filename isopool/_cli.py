@@ -230,6 +230,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         crons = [_parse_cron_option(text) for text in args.cron]
+        functions = [function for _cron, function in crons]
+        if len(set(functions)) != len(functions):
+            raise ValueError(
+                "--cron names one function twice; a schedule is named by its function, "
+                "so give it one cron expression (or use queue.schedule(..., name=...))"
+            )
         queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file, lease=args.lease)
         for cron, function in crons:
             queue.schedule(cron, function)

@@ -478,3 +478,23 @@ def test_worker_cron_option_three_workers_one_job_per_tick(
     assert len(scheduled_jobs(queue, name)) == 1
     assert len(ticks.read_text().splitlines()) == 1
     assert all(proc.popen.poll() is None for proc in procs)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        (["* * * * *"], "CRON=module:function"),
+        (["61 * * * *=tests._tasks:echo"], "minute"),
+        (["* * * * *=tests._tasks:echo", "0 * * * *=tests._tasks:echo"], "one function twice"),
+        (["* * * * *=tests._tasks:no_such_function"], "no_such_function"),
+    ],
+)
+def test_worker_bad_cron_option_exits_with_code_2(redis_server, processes, cron, message):
+    """A malformed, out-of-range, duplicated or unimportable --cron stops the worker at start."""
+    args = ["worker", "--redis", redis_server.url, "--queue", "q", "--workers", "1"]
+    for text in cron:
+        args += ["--cron", text]
+    proc = processes.spawn(args)
+    assert proc.popen.wait(60) == 2
+    assert message in proc.log()
