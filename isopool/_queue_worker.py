@@ -308,6 +308,17 @@ class QueueWorker:
                 run.commit = self._decide(run)
             if self._commit(*run.commit):
                 del self._runs[entry]
+                self._release_unique(run)
+
+    def _release_unique(self, run: _Run) -> None:
+        """Let a finished job's uniqueness key expire (best effort: enqueue re-checks)."""
+        if run.options.key is None or run.commit is None or run.commit[3] in ("retry", "release"):
+            return
+        try:
+            self.queue.release_unique(run.options.key, run.job_id)
+        except QueueUnavailableError as exc:
+            if _state_lost(exc):
+                raise
 
     def _decide(self, run: _Run) -> tuple[Any, ...]:
         """What to store for a finished run, as the arguments of ``_commit``."""

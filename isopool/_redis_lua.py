@@ -244,6 +244,22 @@ return 1
 """
 )
 
+# KEYS: epoch unique job   ARGV: epoch id now
+# Tidying only (the enqueue script's check is what decides): once the key's job is
+# final, let the key expire when its unique_for ends, so keys do not pile up.
+_LUA_UNIQUE_RELEASE = (
+    _LUA_EPOCH
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+local v = redis.call('HMGET', KEYS[3], 'status', 'ended', 'unique_for')
+local final = v[1] == 'done' or v[1] == 'failed' or v[1] == 'dead' or v[1] == 'cancelled'
+if v[1] and not final then return 0 end
+local left = tonumber(v[2] or 0) + tonumber(v[3] or 0) - tonumber(ARGV[3])
+if not v[1] or left <= 0 then return redis.call('DEL', KEYS[2]) end
+return redis.call('PEXPIRE', KEYS[2], math.floor(left))
+"""
+)
+
 SCRIPTS: Final = {
     "enqueue": _LUA_ENQUEUE,
     "start": _LUA_START,
@@ -251,6 +267,7 @@ SCRIPTS: Final = {
     "finish": _LUA_FINISH,
     "promote": _LUA_PROMOTE,
     "cancel": _LUA_CANCEL,
+    "unique_release": _LUA_UNIQUE_RELEASE,
     "requeue": _LUA_REQUEUE,
     **SCHEDULE_SCRIPTS,
 }

@@ -466,6 +466,12 @@ class RedisQueue:
             jobs = [self.job_key(i) for i in ids]
             return int(self.run("promote", [delayed, scheduled, *streams, *jobs], now_ms, *ids))
 
+    def release_unique(self, key: str, job_id: str) -> None:
+        """Let uniqueness key ``key`` expire now that job ``job_id`` ended (tidying only)."""
+        keys = [f"{self.prefix}:unique:{key}", self.job_key(job_id)]
+        with self.translate_errors():
+            self.run("unique_release", keys, job_id, _now_ms())
+
     def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
         """Run a script that declares its keys: the epoch key and its value come first."""
         return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
@@ -616,8 +622,10 @@ class Job:
         prefix = self.queue.prefix
         keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
         with self.queue.translate_errors():
-            state = self.queue.run("cancel", keys, self.id, _now_ms())
-        return _text(state) in ("cancelled", "cancelling")
+            state = _text(self.queue.run("cancel", keys, self.id, _now_ms()))
+            if state == "cancelled" and (key := self.queue.redis.hget(self.key, "key")):
+                self.queue.release_unique(_text(key), self.id)
+        return state in ("cancelled", "cancelling")
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
         """Wait for the job's result; raise its exception with its own type.

@@ -498,3 +498,22 @@ def test_worker_bad_cron_option_exits_with_code_2(redis_server, processes, cron,
     proc = processes.spawn(args)
     assert proc.popen.wait(60) == 2
     assert message in proc.log()
+
+
+@pytest.mark.redis
+def test_unique_key_of_ended_job_is_removed_or_expires_with_unique_for(
+    redis_server, queues, processes
+):
+    """An ended job's key is not left behind: deleted, or expiring when unique_for ends."""
+    queue = queues()
+    processes.worker(redis_server.url, queue.name)
+    plain = queue.options(key="plain").enqueue(ECHO, 1)
+    held = queue.options(key="held", unique_for=60).enqueue(ECHO, 2)
+    cancelled = queue.options(key="cancelled").enqueue_in(3600, ECHO, 3)
+    assert cancelled.cancel() is True
+    assert (plain.result(timeout=30), held.result(timeout=30)) == (1, 2)
+    unique = f"{queue.prefix}:unique:"
+    assert wait_for(lambda: not queue.redis.exists(unique + "plain"), timeout=10)
+    assert wait_for(lambda: 0 < queue.redis.pttl(unique + "held") <= 60_000, timeout=10)
+    assert not queue.redis.exists(unique + "cancelled")
+    assert queue.options(key="held").enqueue(ECHO, 4).id == held.id
