@@ -66,6 +66,7 @@ if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr_
     from ._redis_queue import JobOptions as JobOptions
     from ._redis_queue import QueueOptions as QueueOptions
     from ._redis_queue import RedisQueue as RedisQueue
+    from ._redis_queue import Schedule as Schedule
     from ._remote import Cluster as Cluster
     from ._remote import NodeInfo as NodeInfo
     from ._remote import RemoteSupervisor as RemoteSupervisor
@@ -85,6 +86,7 @@ _LAZY = {
     "RedisQueue": "_redis_queue",
     "RemoteSupervisor": "_remote",
     "RemoteTask": "_remote",
+    "Schedule": "_redis_queue",
     "connect": "_remote",
 }
 
@@ -124,6 +126,7 @@ __all__ = [
     "Reply",
     "Restart",
     "RestartLimitError",
+    "Schedule",
     "SerializationError",
     "Shutdown",
     "ShutdownTimeout",

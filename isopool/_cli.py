@@ -1,6 +1,7 @@
-"""The command line: ``isopool demo``, ``worker`` (a Redis queue), ``node``, ``dead-letters``.
+"""The command line: ``isopool demo``, ``worker``, ``node``, ``dead-letters``, ``schedules``.
 
-The only module that prints.
+``worker`` serves a Redis queue (and declares its ``--cron`` schedules); ``schedules``
+lists them. The only module that prints.
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run jobs from a Redis queue")
     worker.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
     worker.add_argument("--queue", required=True, help="the queue's name")
+    worker.add_argument(
+        "--cron",
+        metavar="'CRON=module:function'",
+        action="append",
+        default=[],
+        help="declare a periodic job, e.g. '*/5 * * * *=myapp.tasks:cleanup' (a "
+        "'CRON_TZ=Europe/Paris ' prefix sets its zone); repeat for several",
+    )
     _add_common(worker)
     node = commands.add_parser("node", help="serve named supervisors to other machines")
     node.add_argument("--name", required=True, help="this node's name, unique among live nodes")
@@ -170,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="put this job back in its queue; repeat for several",
     )
+    schedules = commands.add_parser("schedules", help="list a queue's periodic jobs")
+    schedules.add_argument("--redis", required=True, help="Redis URL")
+    schedules.add_argument("--queue", required=True, help="the queue's name")
+    schedules.add_argument("--secret-file", default=None, help="file holding the signing secret")
     return parser
 
 
@@ -201,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _node(args)
     if args.command == "dead-letters":
         return _dead_letters(args)
+    if args.command == "schedules":
+        return _schedules(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -214,9 +229,18 @@ def _serve(args: argparse.Namespace) -> int:
     from ._redis_queue import RedisQueue
 
     try:
+        crons = [_parse_cron_option(text) for text in args.cron]
+        functions = [function for _cron, function in crons]
+        if len(set(functions)) != len(functions):
+            raise ValueError(
+                "--cron names one function twice; a schedule is named by its function, "
+                "so give it one cron expression (or use queue.schedule(..., name=...))"
+            )
         queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file, lease=args.lease)
+        for cron, function in crons:
+            queue.schedule(cron, function)
         worker = QueueWorker(queue, workers=args.workers, drain=args.drain)
-    except (ValueError, QueueUnavailableError) as exc:
+    except (ValueError, ImportError, QueueUnavailableError) as exc:
         print(f"isopool worker: {exc}", file=sys.stderr)
         return 2
     _on_stop_signals(worker.stop)
@@ -225,6 +249,43 @@ def _serve(args: argparse.Namespace) -> int:
     except QueueUnavailableError as exc:
         print(f"isopool worker: {exc}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _parse_cron_option(text: str) -> tuple[str, str]:
+    """``'*/5 * * * *=pkg.mod:fn'`` -> (cron, function); the last '=' splits them."""
+    cron, sep, function = text.rpartition("=")
+    if not sep or not cron.strip() or ":" not in function:
+        raise ValueError(f"--cron wants 'CRON=module:function', got {text!r}")
+    return cron.strip(), function.strip()
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    """``isopool schedules``: list a queue's periodic jobs with their next run."""
+    from ._errors import QueueUnavailableError
+    from ._redis_queue import RedisQueue
+
+    try:
+        queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file)
+        found = queue.schedules()
+    except (ValueError, QueueUnavailableError) as exc:
+        print(f"isopool schedules: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(f"queue {args.queue!r} has no schedules")
+    now = time.time()
+    for item in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(item.next_run))
+        last = (
+            "never"
+            if item.last_run is None
+            else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(item.last_run))
+        )
+        late = " (due: the next worker fires it)" if item.next_run <= now else ""
+        print(
+            f"{item.name}  [{item.cron}  {item.zone}]  {item.function}  "
+            f"next {when}{late}  last {last}"
+        )
     return 0
 
 

@@ -7,8 +7,11 @@ One loop, one thread::
     every lease/3         -> RENEW every held entry; lost -> kill our copy, commit
                              nothing; cancel requested -> kill it, commit cancelled
     every lease/4         -> claim entries idle for longer than the lease (dead workers)
-    continually           -> PROMOTE due retries; FINISH each finished job: done,
-                             failed, retry (back-off), or dead-letter
+    every 0.5 s           -> look for cancel flags on running jobs: kill their processes
+    every 0.2 s           -> PROMOTE due retries and due scheduled jobs into the streams
+    every 1 s             -> FIRE due cron schedules (``_schedules``): one job per tick
+    continually           -> FINISH each finished job: done, failed, retry (back-off),
+                             cancelled, or dead-letter
 
 The worker never unpickles a job or a result: the signed call bytes go to a worker
 process as they are, and the pickled outcome comes back as bytes to be signed and
@@ -34,6 +37,7 @@ from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
 from ._policy import backoff_delay
 from ._pool import Pool
 from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
+from ._schedules import fire_due
 from ._spec import MAX_PRIORITY, TaskOptions
 from ._task import Task
 
@@ -41,7 +45,9 @@ __all__ = ["QueueWorker"]
 
 log = logging.getLogger(__name__)
 
-_PROMOTE_EVERY: Final = 0.2  # seconds between moves of due retries into the streams
+_PROMOTE_EVERY: Final = 0.2  # seconds between moves of due jobs into the streams
+_CANCEL_EVERY: Final = 0.5  # seconds between looks for cancel flags on running jobs
+_SCHEDULES_EVERY: Final = 1.0  # seconds between looks for due cron schedules
 _IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
 _BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
 _BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
@@ -114,7 +120,13 @@ class QueueWorker:
     # -- the loop ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        timers = {"promote": 0.0, "claim": 0.0, "renew": time.monotonic() + self.queue.lease / 3}
+        timers = {
+            "promote": 0.0,
+            "cancel": 0.0,
+            "schedules": 0.0,
+            "claim": 0.0,
+            "renew": time.monotonic() + self.queue.lease / 3,
+        }
         pause = 0.1
         while not self._stopping.is_set():
             try:
@@ -130,9 +142,14 @@ class QueueWorker:
     def _round(self, timers: dict[str, float]) -> None:
         now = time.monotonic()
         if now >= timers["promote"]:
-            with self.queue.translate_errors():
-                self.queue.script("promote", _now_ms(), 100)
+            self.queue.promote(_now_ms(), 100)
             timers["promote"] = now + _PROMOTE_EVERY
+        if now >= timers["schedules"]:
+            fire_due(self.queue, time.time())
+            timers["schedules"] = now + _SCHEDULES_EVERY
+        if now >= timers["cancel"]:
+            self._check_cancels()
+            timers["cancel"] = now + _CANCEL_EVERY
         if now >= timers["renew"]:
             self._renew()
             timers["renew"] = now + self.queue.lease / 3
@@ -258,6 +275,26 @@ class QueueWorker:
                 run.cancelled = True
                 run.task._owner.kill(run.task, False)
 
+    def _check_cancels(self) -> None:
+        """Stop the runs whose job was cancelled (``Job.cancel`` sets a flag on it).
+
+        Renewals see the flag too, but only every lease/3; this look is one pipelined
+        HEXISTS per running job, twice a second, so a cancel takes effect at once.
+        """
+        runs = [r for r in self._runs.values() if not (r.task.done() or r.lost or r.cancelled)]
+        if not runs:
+            return
+        with self.queue.translate_errors():
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for run in runs:
+                pipe.hexists(self.queue.job_key(run.job_id), "cancel")
+            flags = pipe.execute()
+        for run, flagged in zip(runs, flags, strict=True):
+            if flagged:
+                log.info("queue %r: job %s cancelled; stopping it", self.queue.name, run.job_id)
+                run.cancelled = True
+                run.task._owner.kill(run.task, False)
+
     # -- results -----------------------------------------------------------------------------
 
     def _finish_done(self) -> None:
@@ -271,6 +308,17 @@ class QueueWorker:
                 run.commit = self._decide(run)
             if self._commit(*run.commit):
                 del self._runs[entry]
+                self._release_unique(run)
+
+    def _release_unique(self, run: _Run) -> None:
+        """Let a finished job's uniqueness key expire (best effort: enqueue re-checks)."""
+        if run.options.key is None or run.commit is None or run.commit[3] in ("retry", "release"):
+            return
+        try:
+            self.queue.release_unique(run.options.key, run.job_id)
+        except QueueUnavailableError as exc:
+            if _state_lost(exc):
+                raise
 
     def _decide(self, run: _Run) -> tuple[Any, ...]:
         """What to store for a finished run, as the arguments of ``_commit``."""

@@ -10,6 +10,9 @@ slot::
     isopool:{NAME}:job:ID       the job: signed call, options, status, deliveries,
                                 attempts, its current stream entry, signed result
     isopool:{NAME}:delayed      jobs waiting out a retry back-off (score: due, ms)
+    isopool:{NAME}:scheduled    jobs enqueued for later (``enqueue_in``/``enqueue_at``;
+                                score: due, ms); apart from retries, so each is counted
+    isopool:{NAME}:unique:KEY   the id of the job that holds uniqueness key KEY
     isopool:{NAME}:dead         the dead-letter stream: job id and reason
     isopool:{NAME}:done:ID      a wake-up list for ``Job.result`` waiters
 
@@ -18,8 +21,16 @@ job is its entry in the group's pending list: the worker renews it (resets its i
 time) while the job runs; a dead worker stops renewing, and after ``lease`` seconds
 another worker claims the entry (``XCLAIM`` with a min-idle-time: no lock a dead
 worker could leave behind). Starting, renewing, finishing, retrying, handing back and
-dead-lettering are each one Lua script that checks, server-side and atomically, that
-the caller still owns the entry; a worker that lost its lease cannot write a result.
+dead-lettering are each one Lua script (``_redis_lua``) that checks, server-side and
+atomically, that the caller still owns the entry; a worker that lost its lease cannot
+write a result.
+
+A scheduled job is a job hash with status ``scheduled`` and an entry in the scheduled
+set; every worker moves due jobs (and due retries) into their band's stream, in one
+script that re-checks each, so a job due while every worker was down runs when the
+first one comes back, once. A unique key is taken in the enqueue script itself: it
+holds while its job is not final, and ``unique_for`` after the job's ``ended`` time;
+two clients racing on one key get the same job id.
 
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
 their kind, and verified before anything is unpickled. Redis is imported lazily:
@@ -29,8 +40,10 @@ the core of isopool works without it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
+import math
 import pickle
 import time
 import uuid
@@ -45,6 +58,8 @@ from ._errors import (
     SignatureError,
     TaskCrashError,
 )
+from ._redis_lua import SCRIPTS as _SCRIPTS
+from ._schedules import Schedule
 from ._signing import Keyring
 from ._spec import (
     DEFAULT_PRIORITY,
@@ -62,7 +77,7 @@ from ._spec import (
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue"]
+__all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue", "Schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -70,200 +85,7 @@ GROUP: Final = "workers"
 FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
 _WAKE_TTL: Final = 300  # seconds a result wake-up token lives
 _POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
-
-# -- the server-side steps ------------------------------------------------------------
-# Every script first checks the epoch (the server still has this queue's state), and
-# the ones a worker calls check that it owns the job's entry in the pending list.
-
-_LUA_PRELUDE = """
-local prefix = ARGV[1]
-local epoch = redis.call('GET', prefix .. ':epoch')
-if epoch ~= ARGV[2] then return redis.error_reply('ISOPOOL_EPOCH queue state lost') end
-local function owns(stream, entry, consumer)
-  local p = redis.call('XPENDING', stream, 'workers', entry, entry, 1)
-  return p[1] ~= nil and p[1][2] == consumer
-end
-local function drop(stream, entry)
-  redis.call('XACK', stream, 'workers', entry)
-  redis.call('XDEL', stream, entry)
-end
-local function notify(id)
-  local key = prefix .. ':done:' .. id
-  redis.call('RPUSH', key, '1')
-  redis.call('EXPIRE', key, 300)
-end
-local function dead(job, id, reason, now)
-  redis.call('HSET', job, 'status', 'dead', 'reason', reason, 'ended', now)
-  redis.call('XADD', prefix .. ':dead', '*', 'id', id, 'reason', reason, 'at', now)
-  notify(id)
-end
-"""
-
-# ARGV: prefix epoch id payload name band options now
-_LUA_ENQUEUE = (
-    _LUA_PRELUDE
-    + """
-local id, band = ARGV[3], ARGV[6]
-local job = prefix .. ':job:' .. id
-redis.call('HSET', job, 'payload', ARGV[4], 'name', ARGV[5], 'band', band,
-  'options', ARGV[7], 'status', 'queued', 'deliveries', 0, 'attempts', 0, 'created', ARGV[8])
-local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-redis.call('HSET', job, 'entry', entry)
-return entry
-"""
-)
-
-# ARGV: prefix epoch band entry consumer max_deliveries now claim_min_idle_ms(-1: no claim)
-_LUA_START = (
-    _LUA_PRELUDE
-    + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-local entry, consumer = ARGV[4], ARGV[5]
-if tonumber(ARGV[8]) >= 0 then
-  local got = redis.call('XCLAIM', stream, 'workers', consumer, ARGV[8], entry)
-  if #got == 0 then return {'lost'} end
-end
-local fields = redis.call('XRANGE', stream, entry, entry)
-if #fields == 0 then redis.call('XACK', stream, 'workers', entry) return {'gone'} end
-local id = fields[1][2][2]
-local job = prefix .. ':job:' .. id
-local status = redis.call('HGET', job, 'status')
-if not status or redis.call('HGET', job, 'entry') ~= entry or status == 'cancelled' then
-  drop(stream, entry)
-  return {'gone', id}
-end
-if redis.call('HGET', job, 'cancel') then
-  drop(stream, entry)
-  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[7])
-  notify(id)
-  return {'gone', id}
-end
-local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-if deliveries > tonumber(ARGV[6]) then
-  drop(stream, entry)
-  dead(job, id, 'delivery-limit: delivered ' .. deliveries .. ' times', ARGV[7])
-  return {'dead', id}
-end
-local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', ARGV[7])
-local v = redis.call('HMGET', job, 'payload', 'options', 'name')
-return {'run', id, v[1], v[2], v[3], tostring(attempts)}
-"""
-)
-
-# ARGV: prefix epoch band entry consumer id
-_LUA_RENEW = (
-    _LUA_PRELUDE
-    + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-if not owns(stream, ARGV[4], ARGV[5]) then return 0 end
-redis.call('XCLAIM', stream, 'workers', ARGV[5], 0, ARGV[4], 'JUSTID')
-if redis.call('HGET', prefix .. ':job:' .. ARGV[6], 'cancel') then return 2 end
-return 1
-"""
-)
-
-# ARGV: prefix epoch band entry consumer id status kind result ttl retry_ms now reason
-# status: done | failed | dead | cancelled | retry | release
-_LUA_FINISH = (
-    _LUA_PRELUDE
-    + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-local entry, consumer, id, status = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if not owns(stream, entry, consumer) then return 0 end
-drop(stream, entry)
-local job = prefix .. ':job:' .. id
-if status == 'retry' then
-  redis.call('HSET', job, 'status', 'delayed', 'owner', '')
-  redis.call('ZADD', prefix .. ':delayed', tonumber(ARGV[12]) + tonumber(ARGV[11]), id)
-  return 1
-end
-if status == 'release' then
-  redis.call('HINCRBY', job, 'deliveries', -1)
-  redis.call('HINCRBY', job, 'attempts', -1)
-  local band = redis.call('HGET', job, 'band')
-  local new = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-  redis.call('HSET', job, 'status', 'queued', 'owner', '', 'entry', new)
-  return 1
-end
-redis.call('HSET', job, 'kind', ARGV[8], 'result', ARGV[9], 'owner', '', 'ended', ARGV[12])
-if status == 'dead' then
-  dead(job, id, ARGV[13], ARGV[12])
-else
-  redis.call('HSET', job, 'status', status)
-  notify(id)
-end
-redis.call('EXPIRE', job, tonumber(ARGV[10]))
-return 1
-"""
-)
-
-# ARGV: prefix epoch now limit
-_LUA_PROMOTE = (
-    _LUA_PRELUDE
-    + """
-local ids = redis.call('ZRANGEBYSCORE', prefix .. ':delayed', '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', prefix .. ':delayed', id)
-  local job = prefix .. ':job:' .. id
-  if redis.call('HGET', job, 'status') == 'delayed' then
-    local band = redis.call('HGET', job, 'band')
-    local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-    redis.call('HSET', job, 'status', 'queued', 'entry', entry)
-  end
-end
-return #ids
-"""
-)
-
-# ARGV: prefix epoch id now
-_LUA_CANCEL = (
-    _LUA_PRELUDE
-    + """
-local id = ARGV[3]
-local job = prefix .. ':job:' .. id
-local status = redis.call('HGET', job, 'status')
-if not status then return 'missing' end
-if status == 'queued' or status == 'delayed' then
-  redis.call('ZREM', prefix .. ':delayed', id)
-  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[4])
-  notify(id)
-  return 'cancelled'
-end
-if status == 'running' then
-  redis.call('HSET', job, 'cancel', '1')
-  return 'cancelling'
-end
-return status
-"""
-)
-
-# ARGV: prefix epoch id
-_LUA_REQUEUE = (
-    _LUA_PRELUDE
-    + """
-local id = ARGV[3]
-local job = prefix .. ':job:' .. id
-local status = redis.call('HGET', job, 'status')
-if status ~= 'dead' and status ~= 'failed' and status ~= 'cancelled' then return 0 end
-local band = redis.call('HGET', job, 'band')
-local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
-redis.call('HDEL', job, 'result', 'kind', 'reason', 'cancel', 'owner')
-redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0)
-redis.call('PERSIST', job)
-return 1
-"""
-)
-
-_SCRIPTS: Final = {
-    "enqueue": _LUA_ENQUEUE,
-    "start": _LUA_START,
-    "renew": _LUA_RENEW,
-    "finish": _LUA_FINISH,
-    "promote": _LUA_PROMOTE,
-    "cancel": _LUA_CANCEL,
-    "requeue": _LUA_REQUEUE,
-}
+_UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -279,6 +101,12 @@ class JobOptions:
         backoff: Seconds before the first retry, doubling each time (max 60 s).
         result_ttl: Seconds a finished job and its result are kept (default 1 day).
         memory_limit: Bytes a run may allocate, or None.
+        key: A uniqueness key: while a job with this key is scheduled, queued,
+            running or waiting to retry (and for ``unique_for`` seconds after it
+            ended), enqueueing the same key returns that job instead of a new one.
+        unique_for: Seconds the key stays taken after its job ended (default 0).
+            The finished job is kept at least that long (``result_ttl`` is raised
+            to it), since its record is what holds the key.
     """
 
     priority: int = DEFAULT_PRIORITY
@@ -288,6 +116,8 @@ class JobOptions:
     backoff: float = 1.0
     result_ttl: float = 86400.0
     memory_limit: int | None = None
+    key: str | None = None
+    unique_for: float = 0.0
 
     @classmethod
     def build(cls, **options: object) -> JobOptions:
@@ -302,14 +132,22 @@ class JobOptions:
         ttl = check_duration("result_ttl", merged["result_ttl"])
         if ttl < 1:
             raise ValueError(f"result_ttl must be at least 1 second, got {ttl!r}")
+        key = merged["key"]
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ValueError(f"key must be a non-empty string or None, got {key!r}")
+        unique_for = check_duration("unique_for", merged["unique_for"])
+        if unique_for and key is None:
+            raise ValueError("unique_for needs a key= to be unique on")
         return cls(
             priority=check_priority(merged["priority"]),
             timeout=check_seconds("timeout", merged["timeout"]),
             restart=restart,
             max_retries=check_positive_int("max_retries", merged["max_retries"], allow_zero=True),
             backoff=check_duration("backoff", merged["backoff"]),
-            result_ttl=ttl,
             memory_limit=parse_memory_limit(merged["memory_limit"]),
+            key=key,
+            unique_for=unique_for,
+            result_ttl=max(ttl, unique_for),
         )
 
     def merge(self, changes: Mapping[str, object]) -> JobOptions:
@@ -413,6 +251,93 @@ class RedisQueue:
         """
         return self._enqueue(fn, args, kwargs, self._options)
 
+    def enqueue_in(
+        self, seconds: float, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)`` to become runnable ``seconds`` from now.
+
+        Until then its status is ``"scheduled"`` and ``Job.cancel()`` ends it. The job
+        waits in Redis, not in a worker: workers that are down at that time run it
+        when they come back.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not a finite number.
+            QueueUnavailableError: Redis is unreachable or lost the queue's state.
+        """
+        return self._enqueue(fn, args, kwargs, self._options, due=_due_in(seconds))
+
+    def enqueue_at(
+        self,
+        when: datetime.datetime | float,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        **kwargs: object,
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)`` to become runnable at ``when``.
+
+        Args:
+            when: An aware ``datetime`` or a Unix time in seconds; a time in the past
+                makes the job runnable at once.
+            fn: As in ``enqueue``.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Raises:
+            ValueError: ``when`` is a naive datetime (its time zone would be a guess).
+            TypeError: ``when`` is neither a datetime nor a number.
+        """
+        return self._enqueue(fn, args, kwargs, self._options, due=_due_at(when))
+
+    def schedule(
+        self,
+        cron: str,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        name: str | None = None,
+        tz: str | None = None,
+        **kwargs: object,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a cron schedule: one job per tick, queue-wide.
+
+        The schedule lives in Redis: every ``isopool worker`` of the queue fires it,
+        and however many workers (or clients) declare it, each tick enqueues exactly
+        one job. Declaring it again with the same definition keeps its next tick;
+        with another one, replaces it. Ticks missed while every worker was down are
+        run once, late, when the first worker comes back: never a burst.
+
+        Args:
+            cron: Five fields (``"*/5 * * * *"``), a shorthand (``"@daily"``), or
+                either behind ``CRON_TZ=Area/City``.
+            fn: As in ``enqueue``.
+            *args: Its positional arguments.
+            name: The schedule's name (default: the function's "module:function").
+            tz: The IANA time zone the fields are read in (default UTC).
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            The schedule as stored, with its next run time.
+
+        Raises:
+            ValueError: a bad cron expression, naming the field, or unknown zone.
+        """
+        from ._schedules import define
+
+        return define(self, cron, fn, args, kwargs, self._options, name, tz)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove schedule ``name``; True if it existed (its jobs stay)."""
+        from ._schedules import remove
+
+        return remove(self, name)
+
+    def schedules(self) -> list[Schedule]:
+        """The queue's schedules with their next run times, soonest first."""
+        from ._schedules import list_schedules
+
+        return list_schedules(self)
+
     def options(self, **options: object) -> QueueOptions:
         """Return a view that enqueues with other options (see ``JobOptions``)."""
         return QueueOptions(self, self._options.merge(options))
@@ -423,6 +348,7 @@ class RedisQueue:
         args: tuple[object, ...],
         kwargs: dict[str, object],
         options: JobOptions,
+        due: float | None = None,
     ) -> Job:
         if isinstance(fn, str):
             if fn not in self._names:
@@ -433,17 +359,35 @@ class RedisQueue:
         job_id = uuid.uuid4().hex
         body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
         payload = self.keys.sign(body, self.context(job_id, "call"))
-        with self.translate_errors():
-            self.script(
-                "enqueue",
-                job_id,
-                payload,
-                describe_function(fn),
-                options.priority,
-                options.to_json(),
-                _now_ms(),
-            )
-        return Job(self, job_id)
+        keys = [self.job_key(job_id), self.stream(options.priority), f"{self.prefix}:scheduled"]
+        unique = None if options.key is None else f"{self.prefix}:unique:{options.key}"
+        args_tail = [int(options.unique_for * 1000), options.key or ""]
+        due_ms = 0 if due is None else int(due * 1000)
+        for _attempt in range(_UNIQUE_ROUNDS):
+            held = ""
+            extra: list[str] = []
+            with self.translate_errors():
+                if unique is not None:
+                    held = _text(self.redis.get(unique) or b"")
+                    extra = [unique, self.job_key(held)] if held else [unique]
+                verdict, got = self.run(
+                    "enqueue",
+                    [*keys, *extra],
+                    job_id,
+                    payload,
+                    describe_function(fn),
+                    options.priority,
+                    options.to_json(),
+                    _now_ms(),
+                    due_ms,
+                    held,
+                    *args_tail,
+                )
+            if _text(verdict) != "retry":
+                return Job(self, _text(got))
+        raise QueueUnavailableError(  # pragma: no cover - needs a storm of racing writers
+            f"could not take unique key {options.key!r} in {_UNIQUE_ROUNDS} rounds"
+        )
 
     # -- looking jobs up ------------------------------------------------------------------
 
@@ -498,6 +442,39 @@ class RedisQueue:
     def stream(self, band: int) -> str:
         """The stream key of priority band ``band``."""
         return f"{self.prefix}:jobs:{band}"
+
+    def job_key(self, job_id: str) -> str:
+        """The hash key of job ``job_id``."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def scheduled(self) -> int:
+        """Jobs waiting for their time (``enqueue_in``/``enqueue_at``), not retries."""
+        with self.translate_errors():
+            return int(self.redis.zcard(f"{self.prefix}:scheduled"))
+
+    def promote(self, now_ms: int, limit: int = 100) -> int:
+        """Queue the retries and scheduled jobs that are due; return how many moved."""
+        delayed, scheduled = f"{self.prefix}:delayed", f"{self.prefix}:scheduled"
+        with self.translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrangebyscore(delayed, "-inf", now_ms, start=0, num=limit)
+            pipe.zrangebyscore(scheduled, "-inf", now_ms, start=0, num=limit)
+            ids = list(dict.fromkeys(_text(i) for got in pipe.execute() for i in got))
+            if not ids:
+                return 0
+            streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
+            jobs = [self.job_key(i) for i in ids]
+            return int(self.run("promote", [delayed, scheduled, *streams, *jobs], now_ms, *ids))
+
+    def release_unique(self, key: str, job_id: str) -> None:
+        """Let uniqueness key ``key`` expire now that job ``job_id`` ended (tidying only)."""
+        keys = [f"{self.prefix}:unique:{key}", self.job_key(job_id)]
+        with self.translate_errors():
+            self.run("unique_release", keys, job_id, _now_ms())
+
+    def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
+        """Run a script that declares its keys: the epoch key and its value come first."""
+        return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
 
     def context(self, job_id: str, kind: str) -> bytes:
         """What a signature binds a payload to: this queue, this job, this kind."""
@@ -556,6 +533,38 @@ class QueueOptions:
         """As ``RedisQueue.enqueue``, with this view's options."""
         return self._queue._enqueue(fn, args, kwargs, self.job_options)
 
+    def enqueue_in(
+        self, seconds: float, fn: Callable[..., object] | str, /, *args: object, **kwargs: object
+    ) -> Job:
+        """As ``RedisQueue.enqueue_in``, with this view's options."""
+        return self._queue._enqueue(fn, args, kwargs, self.job_options, due=_due_in(seconds))
+
+    def enqueue_at(
+        self,
+        when: datetime.datetime | float,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        **kwargs: object,
+    ) -> Job:
+        """As ``RedisQueue.enqueue_at``, with this view's options."""
+        return self._queue._enqueue(fn, args, kwargs, self.job_options, due=_due_at(when))
+
+    def schedule(
+        self,
+        cron: str,
+        fn: Callable[..., object] | str,
+        /,
+        *args: object,
+        name: str | None = None,
+        tz: str | None = None,
+        **kwargs: object,
+    ) -> Schedule:
+        """As ``RedisQueue.schedule``, each tick's job with this view's options."""
+        from ._schedules import define
+
+        return define(self._queue, cron, fn, args, kwargs, self.job_options, name, tz)
+
     def options(self, **options: object) -> QueueOptions:
         """A view with more options changed."""
         return QueueOptions(self._queue, self.job_options.merge(options))
@@ -581,7 +590,11 @@ class Job:
         return f"{self.queue.prefix}:job:{self.id}"
 
     def status(self) -> str:
-        """One of queued, running, delayed, done, failed, dead, cancelled, or missing."""
+        """The job's state: scheduled, queued, running, delayed, done, failed, dead...
+
+        One of scheduled (waiting for its time), queued, running, delayed (waiting
+        out a retry back-off), done, failed, dead, cancelled, or missing.
+        """
         with self.queue.translate_errors():
             status = self.queue.redis.hget(self.key, "status")
         return status.decode() if status else "missing"
@@ -596,15 +609,23 @@ class Job:
     def cancel(self) -> bool:
         """Cancel the job: at once if it waits; a running job's worker stops it.
 
+        A scheduled, queued or retry-waiting job is cancelled at once. A running job
+        is flagged: the worker running it (on whatever machine) sees the flag within
+        about a second, stops the job's process and its process group (SIGTERM, then
+        SIGKILL after 5 s), and stores the status ``"cancelled"``. A cancelled job is
+        never delivered again (unless ``RedisQueue.requeue`` puts it back). If the run
+        finishes before the worker sees the flag, its result stands.
+
         Returns:
             True if it is (or will be) cancelled; False if it already ended.
         """
+        prefix = self.queue.prefix
+        keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
         with self.queue.translate_errors():
-            state = self.queue.script("cancel", self.id, _now_ms())
-        return (state.decode() if isinstance(state, bytes) else state) in (
-            "cancelled",
-            "cancelling",
-        )
+            state = _text(self.queue.run("cancel", keys, self.id, _now_ms()))
+            if state == "cancelled" and (key := self.queue.redis.hget(self.key, "key")):
+                self.queue.release_unique(_text(key), self.id)
+        return state in ("cancelled", "cancelling")
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
         """Wait for the job's result; raise its exception with its own type.
@@ -702,6 +723,31 @@ def _warn_if_volatile(r: redis.Redis, name: str) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _due_in(seconds: object) -> float:
+    """The Unix time ``seconds`` from now."""
+    return time.time() + check_duration("seconds", seconds)
+
+
+def _due_at(when: object) -> float:
+    """``when`` (an aware datetime or a Unix time) as a Unix time."""
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(
+                f"enqueue_at needs an aware datetime, got the naive {when!r}: its time zone "
+                "would be a guess; pass e.g. datetime.now(timezone.utc) + timedelta(...)"
+            )
+        return when.timestamp()
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        raise TypeError(f"when must be an aware datetime or a Unix time, got {when!r}")
+    if not math.isfinite(when):
+        raise ValueError(f"when must be a finite Unix time, got {when!r}")
+    return float(when)
 
 
 def _redact(url: str) -> str:
