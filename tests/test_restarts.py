@@ -6,6 +6,7 @@ import pytest
 
 import isopool
 from tests import _tasks
+from tests.conftest import wait_for
 
 
 def test_transient_task_restarts_until_success(pool, tmp_path):
@@ -65,6 +66,10 @@ def test_restarts_are_counted_and_logged(pool, tmp_path, caplog):
     task = pool.options(restart="transient").submit(_tasks.fail_n_times, str(counter), 2)
     assert task.result(timeout=30) == "ok"
     assert pool.stats()["restarted"] == 2
+    # Logs come from the pool's resolver thread (handlers are user code): wait for them.
+    assert wait_for(
+        lambda: len([r for r in caplog.records if "restarting it" in r.getMessage()]) >= 2
+    )
     restarts = [r for r in caplog.records if "restarting it" in r.getMessage()]
     assert len(restarts) == 2
     assert all(r.levelname == "WARNING" for r in restarts)

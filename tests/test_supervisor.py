@@ -140,6 +140,8 @@ def test_start_child_restarts_are_logged_with_the_supervisor_name(sup, tmp_path,
     counter = tmp_path / "runs"
     child = sup.options(restart="transient").start_child(_tasks.fail_n_times, str(counter), 1)
     assert child.result(timeout=30) == "ok"
+    # Logs come from the pool's resolver thread (handlers are user code): wait for them.
+    assert wait_for(lambda: any("restarting it" in r.getMessage() for r in caplog.records))
     restarts = [r for r in caplog.records if "restarting it" in r.getMessage()]
     assert len(restarts) == 1
     assert restarts[0].levelno == logging.WARNING
