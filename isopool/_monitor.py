@@ -1034,7 +1034,10 @@ class Monitor:
         worker.finalized = True
         self._forget_locked(worker)
         if worker.pid is not None:
-            signal_group(worker.pid, signal.SIGKILL)  # whatever the task left behind
+            # Whatever the task left in its group. The group only: the worker itself is
+            # dead and reaped, so its pid may already belong to an unrelated process.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
         tasks = list(worker.tasks)
         worker.tasks.clear()
         worker.revoking.clear()
