@@ -47,6 +47,7 @@ from ._usage import Usage, usage_of
 if TYPE_CHECKING:
     from ._outcome import Defer
     from ._policy import RestartIntensity
+    from ._run import Run, StopRequest
 
 __all__ = ["Reply", "Task", "describe"]
 
@@ -196,18 +197,9 @@ class Task(Future[R], Generic[R]):
     _options: TaskOptions
     _intensity: RestartIntensity | None
     _dispatched: bool
-    _worker: object | None
-    _pid: int | None
-    _deadline: float | None
-    _started_at: float | None
-    _kill_requested: bool
-    _kill_error: BaseException | None
-    _kill_grace: ShutdownTimeout | None
-    _keep_reply: bool  # Task.shutdown: a reply that races the stop in is kept
-    _call_number: int  # its number among the calls written to its worker
-    _revoke: str | None  # why it is being asked back from its worker: kill, cancel, steal
-    _revoked: threading.Event | None  # set when a cancel()'s take-back was answered
-    _revoke_ok: bool  # that answer: True if the call will never run
+    _run: Run | None  # its run on a worker (see _run), while it is on one
+    _stop: StopRequest | None  # kill()/shutdown() asked for it to stop: never re-run
+    _pid: int | None  # its last run's worker
     _label: str | None
     # Task-owned state (the Elixir API):
     _awaited: bool  # await_ was called: a second call is an error
@@ -249,18 +241,9 @@ class Task(Future[R], Generic[R]):
         self.seq = task_id
         self.queued = False
         self._dispatched = False  # set_running_or_notify_cancel has been called
-        self._worker = None
+        self._run = None
+        self._stop = None
         self._pid = None
-        self._deadline = None
-        self._started_at = None
-        self._kill_requested = False
-        self._kill_error = None  # fail with this instead of CancelledError when stopped
-        self._kill_grace = None  # overrides options.shutdown for one stop
-        self._keep_reply = False
-        self._call_number = 0
-        self._revoke = None
-        self._revoked = None
-        self._revoke_ok = False
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         self._awaited = False
         self._unlink = None
@@ -283,6 +266,12 @@ class Task(Future[R], Generic[R]):
     def pid(self) -> int | None:
         """The pid of the worker running the task; after it ran, of the last one; else None."""
         return self._pid
+
+    @property
+    def _running(self) -> bool:
+        """Whether its call is running on a worker now (engine-owned; a snapshot)."""
+        run = self._run
+        return run is not None and run.started_at is not None
 
     @property
     def options(self) -> TaskOptions:
