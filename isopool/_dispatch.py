@@ -16,7 +16,7 @@ import enum
 import itertools
 import logging
 import signal
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from . import _wire
 from ._errors import BrokenPoolError, PoolClosedError, ProtocolError
@@ -24,9 +24,8 @@ from ._handle import WorkerHandle, WorkerPhase
 from ._outcome import Outcome, tripped_error
 from ._policy import RestartIntensity
 from ._queue import DelayedQueue, PendingQueue
-from ._run import Revoke, RunPhase
+from ._run import Revoke, Runnable, RunPhase
 from ._spec import ShutdownTimeout
-from ._task import Task
 
 __all__ = ["Dispatcher", "Port", "State"]
 
@@ -97,8 +96,8 @@ class Dispatcher:
         self.server_up = False  # a fork server takes spawn requests
         self.sleep_until = 0.0  # when the monitor will next wake up by itself
         self.need_wake = False  # something is due before sleep_until
-        self.pending: PendingQueue[Task[Any]] = PendingQueue()
-        self.delayed: DelayedQueue[Task[Any]] = DelayedQueue()  # restarts backing off
+        self.pending: PendingQueue[Runnable] = PendingQueue()
+        self.delayed: DelayedQueue[Runnable] = DelayedQueue()  # restarts backing off
         self.workers: list[WorkerHandle] = []
         self.by_pid: dict[int, WorkerHandle] = {}
         self._unspawned: list[WorkerHandle] = []
@@ -208,7 +207,7 @@ class Dispatcher:
                 if self._revoke(task):
                     run.revoke = Revoke.STEAL
 
-    def _revoke(self, task: Task[Any]) -> bool:
+    def _revoke(self, task: Runnable) -> bool:
         """Send REVOKE for ``task``'s call; the answer comes as a REVOKED frame."""
         run = task._run
         assert run is not None
@@ -242,13 +241,13 @@ class Dispatcher:
             if run.deadline < self.sleep_until:
                 self.need_wake = True
 
-    def _drain_queued(self) -> list[Task[Any]]:
+    def _drain_queued(self) -> list[Runnable]:
         """Take every task that waits to run (pending or backing off)."""
         return self.pending.drain() + self.delayed.drain()
 
     # -- stopping workers --------------------------------------------------------
 
-    def _kill_assigned(self, task: Task[Any], now: float, out: list[Outcome]) -> bool:
+    def _kill_assigned(self, task: Runnable, now: float, out: list[Outcome]) -> bool:
         """Kill a task written to a worker; True if its process must be stopped.
 
         A call queued behind another one has not started: it is taken back from the
@@ -274,7 +273,7 @@ class Dispatcher:
         return False
 
     def _stop_worker(
-        self, worker: WorkerHandle, reason: str, task: Task[Any] | None, now: float
+        self, worker: WorkerHandle, reason: str, task: Runnable | None, now: float
     ) -> None:
         """Stop ``worker``: SIGTERM its process group now, SIGKILL after the grace."""
         if worker.stop_reason is not None or worker.finalized:

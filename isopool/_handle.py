@@ -15,14 +15,11 @@ import collections
 import enum
 import itertools
 import os
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Final, Protocol
 
 from . import _wire
 from ._errors import ProtocolError
-from ._run import Run
-
-if TYPE_CHECKING:
-    from ._task import Task
+from ._run import Run, Runnable
 
 __all__ = ["Pipes", "WorkerHandle", "WorkerPhase"]
 
@@ -82,15 +79,15 @@ class WorkerHandle:
         self.pipes = pipes
         self.phase = WorkerPhase.NEW
         self.pid: int | None = None
-        self.tasks: collections.deque[Task[Any]] = collections.deque()
+        self.tasks: collections.deque[Runnable] = collections.deque()
         self.out: collections.deque[memoryview] = collections.deque()
         self.out_registered = False
         self.reader = _wire.FrameReader(pipes.cookie)
         # Calls asked back from the worker (by their number on it), awaiting REVOKED.
-        self.revoking: dict[int, Task[Any]] = {}
+        self.revoking: dict[int, Runnable] = {}
         self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
         self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"...
-        self.stop_task: Task[Any] | None = None
+        self.stop_task: Runnable | None = None
         self.protocol_error: str | None = None  # what it wrote that was not a frame
         self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
         self.status: int | None = None  # wait status from the fork server
@@ -116,7 +113,7 @@ class WorkerHandle:
         if self.accepting:
             self.phase = WorkerPhase.RETIRING
 
-    def queue_call(self, task: Task[Any]) -> Run:
+    def queue_call(self, task: Runnable) -> Run:
         """Append ``task``'s CALL frame to the out buffer; return the task's new run."""
         self.tasks.append(task)
         self.assigned += 1  # the worker numbers its calls the same way

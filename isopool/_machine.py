@@ -43,8 +43,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from concurrent.futures import Future
-from typing import Any, Final
+from typing import Final
 
 from . import _wire
 from ._dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
@@ -53,8 +52,7 @@ from ._handle import WorkerHandle, WorkerPhase
 from ._outcome import Kind, Outcome
 from ._policy import backoff_delay, should_restart
 from ._process import decode_exit
-from ._run import Answer, Revoke, StopRequest
-from ._task import Task
+from ._run import Answer, Revoke, Runnable, StopRequest
 
 __all__ = ["Machine", "Port", "State"]
 
@@ -92,7 +90,7 @@ class Machine(Dispatcher):
 
     # -- callers' events -------------------------------------------------------
 
-    def submit(self, task: Task[Any], now: float, out: list[Outcome]) -> None:
+    def submit(self, task: Runnable, now: float, out: list[Outcome]) -> None:
         """Queue ``task`` and start it if a worker is free (the pool must be open)."""
         self.check_open()
         self._stats["submitted"] += 1
@@ -100,7 +98,7 @@ class Machine(Dispatcher):
         self._dispatch(now, out)
 
     def kill(
-        self, task: Task[Any], stop: StopRequest, now: float, out: list[Outcome]
+        self, task: Runnable, stop: StopRequest, now: float, out: list[Outcome]
     ) -> tuple[bool, bool]:
         """Stop ``task`` (``Task.kill``): (whether it will be stopped, whether it runs).
 
@@ -119,9 +117,9 @@ class Machine(Dispatcher):
         if task._run is not None:
             return True, self._kill_assigned(task, now, out)
         # Pending but never dispatched, or already finishing.
-        return (not task._dispatched and Future.cancel(task)), False
+        return (not task._dispatched and task._cancel_future()), False
 
-    def take_back(self, task: Task[Any], answer: Answer | None) -> Answer | None:
+    def take_back(self, task: Runnable, answer: Answer | None) -> Answer | None:
         """Ask ``task``'s worker for its call back if it has not started (``Task.cancel``).
 
         Returns the answer to wait on (``answer``, or one already waited on) for a
@@ -144,7 +142,7 @@ class Machine(Dispatcher):
         run.answer = run.answer or answer  # one per take-back
         return run.answer
 
-    def take_back_waited(self, task: Task[Any], answer: Answer) -> bool:
+    def take_back_waited(self, task: Runnable, answer: Answer) -> bool:
         """A ``cancel()`` stopped waiting for ``answer``: True if the call was handed back.
 
         No answer yet (the worker's running task held the GIL too long) turns the
@@ -158,7 +156,7 @@ class Machine(Dispatcher):
                 run.revoke = Revoke.STEAL
         return answer.handed_back
 
-    def forget(self, task: Task[Any]) -> None:
+    def forget(self, task: Runnable) -> None:
         """``task`` was cancelled while pending: drop it from the count at once."""
         self.pending.remove(task)
 
@@ -452,12 +450,12 @@ class Machine(Dispatcher):
         if worker.tasks and worker.tasks[0] is task:
             self._start_head(worker, now)  # it had started: start its clock
 
-    def _stop_outcome(self, worker: WorkerHandle, task: Task[Any]) -> Outcome:
+    def _stop_outcome(self, worker: WorkerHandle, task: Runnable) -> Outcome:
         if worker.stop_reason == "timeout" and worker.stop_task is task:
             return Outcome.timed_out(task, worker.pid)
         return Outcome.stopped(task)
 
-    def _end_run(self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]) -> None:
+    def _end_run(self, task: Runnable, outcome: Outcome, now: float, out: list[Outcome]) -> None:
         """A run of ``task`` ended: restart it per its policy, or settle its future."""
         task._run = None
         if task.done():
@@ -482,7 +480,7 @@ class Machine(Dispatcher):
         else:
             self.pending.push(task)
 
-    def _restart_delay(self, task: Task[Any], now: float) -> float | None:
+    def _restart_delay(self, task: Runnable, now: float) -> float | None:
         """Seconds to wait before re-running ``task``; None to give up.
 
         With ``max_retries`` the task retries on its own budget with exponential

@@ -44,15 +44,13 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from . import _wire
 from ._errors import BrokenPoolError, ProtocolError
 from ._handle import WorkerHandle
 from ._machine import Machine, State
 from ._outcome import Outcome, resolve
-from ._policy import RestartIntensity
 from ._process import (
     ForkServer,
     WorkerPipes,
@@ -62,10 +60,9 @@ from ._process import (
     signal_group,
 )
 from ._resolver import Resolver
-from ._run import Answer, StopRequest
+from ._run import Answer, Runnable, StopRequest
 from ._share import InitPayload
-from ._spec import ShutdownTimeout, TaskOptions, describe_function
-from ._task import Task
+from ._spec import ShutdownTimeout
 
 __all__ = ["Monitor", "State"]
 
@@ -133,52 +130,16 @@ class Monitor:
         """Why the pool broke (None unless it is BROKEN)."""
         return self._machine.broken_cause
 
-    def new_task(
-        self,
-        fn: Callable[..., object] | str,
-        args: tuple[object, ...],
-        kwargs: dict[str, object],
-        options: TaskOptions,
-        intensity: RestartIntensity | None = None,
-    ) -> Task[Any]:
-        """Pickle one call and return its Task, not yet submitted.
-
-        A call that cannot be pickled gives a Task that already failed with
-        ``SerializationError`` (as ``ProcessPoolExecutor`` fails the future).
-        """
-        task_id = next(self._task_ids)
-        name = describe_function(fn)
-        try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
-            error = None
-        except (Exception, SystemExit) as exc:
-            payload, error = b"", exc
-        if intensity is None and options.restart != "temporary":
-            intensity = RestartIntensity(options.max_restarts, options.max_seconds)
-        task = Task._create(self, task_id, name, payload, options, intensity)
-        if error is not None:
-            task.set_running_or_notify_cancel()
-            resolve([Outcome.bad_call(task, error)])
-        return task
-
-    def new_raw_task(self, payload: bytes, name: str, options: TaskOptions) -> Task[Any]:
-        """Return a Task for an already pickled call, whose outcome stays pickled.
-
-        For the shared queue: the call was pickled (and signed) by another process,
-        and its result goes back to Redis, so this process never unpickles user
-        bytes. The Task's result is ``("ok" | "raised" | "shutdown", payload)``;
-        crashes, time-outs and bad payloads still fail it with isopool's errors.
-        """
-        task = Task._create(self, next(self._task_ids), name, payload, options, None)
-        task._raw = True
-        return task
+    def next_task_id(self) -> int:
+        """A task id unique within this pool (it travels in frame headers)."""
+        return next(self._task_ids)
 
     def submit_check(self) -> None:
         """Raise PoolClosedError or BrokenPoolError unless the pool takes work."""
         with self._lock:
             self._machine.check_open()
 
-    def submit(self, task: Task[Any]) -> None:
+    def submit(self, task: Runnable) -> None:
         """Queue ``task`` and start it if a worker is free.
 
         Raises:
@@ -198,7 +159,7 @@ class Monitor:
 
     def kill(
         self,
-        task: Task[Any],
+        task: Runnable,
         wait: bool,
         grace: ShutdownTimeout | None = None,
         error: BaseException | None = None,
@@ -227,7 +188,7 @@ class Monitor:
             task._wait_stopped((0.0 if grace == "brutal_kill" else grace) + 10.0)
         return stopping
 
-    def take_back(self, task: Task[Any], wait: bool) -> bool:
+    def take_back(self, task: Runnable, wait: bool) -> bool:
         """Take back ``task``'s call from its worker if it has not started; see Task.cancel.
 
         With ``wait``, block (at most ``_TAKE_BACK_WAIT`` seconds) for the worker's
@@ -270,7 +231,7 @@ class Monitor:
             self._thread.join(timeout)
             self._resolver.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def forget(self, task: Task[Any]) -> None:
+    def forget(self, task: Runnable) -> None:
         """``task`` was cancelled while pending: drop it from the count at once."""
         with self._lock:
             self._machine.forget(task)

@@ -28,17 +28,15 @@ from ._errors import (
     TaskTimeoutError,
     serialization_error,
 )
+from ._run import Defer, Runnable
 from ._wire import Payload
 
 if TYPE_CHECKING:
     from ._policy import Exit, RestartIntensity
     from ._process import ExitInfo
-    from ._task import Task
 
 __all__ = ["Defer", "Kind", "Outcome", "resolve"]
 
-Defer = Callable[[Callable[[], object]], None]
-"""Runs a callable later on another thread (the pool's resolver)."""
 
 log = logging.getLogger(__name__)
 
@@ -87,34 +85,34 @@ class Outcome:
     """One ended run of ``task``: ``kind`` says how, ``data`` carries the details."""
 
     kind: Kind
-    task: Task[Any]
+    task: Runnable
     data: Any = None
 
     # -- constructors --------------------------------------------------------
 
     @classmethod
-    def ok(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def ok(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task returned; ``payload`` is its pickled value."""
         return cls(Kind.OK, task, payload)
 
     @classmethod
-    def raised(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def raised(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task raised; ``payload`` is the pickled (exception, traceback)."""
         return cls(Kind.RAISED, task, payload)
 
     @classmethod
-    def bad_payload(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def bad_payload(cls, task: Runnable, payload: Payload) -> Outcome:
         """The worker could not unpickle the call or pickle the result/exception."""
         return cls(Kind.BAD_PAYLOAD, task, payload)
 
     @classmethod
-    def bad_call(cls, task: Task[Any], exc: BaseException) -> Outcome:
+    def bad_call(cls, task: Runnable, exc: BaseException) -> Outcome:
         """The parent could not pickle the call."""
         return cls(Kind.BAD_CALL, task, exc)
 
     @classmethod
     def crashed(
-        cls, task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+        cls, task: Runnable, pid: int | None, info: ExitInfo, wrote: str | None = None
     ) -> Outcome:
         """The worker died while running the task.
 
@@ -123,17 +121,17 @@ class Outcome:
         return cls(Kind.CRASHED, task, (pid, info, wrote))
 
     @classmethod
-    def timed_out(cls, task: Task[Any], pid: int | None) -> Outcome:
+    def timed_out(cls, task: Runnable, pid: int | None) -> Outcome:
         """The task ran past its time-out and its worker was stopped."""
         return cls(Kind.TIMED_OUT, task, pid)
 
     @classmethod
-    def cancelled(cls, task: Task[Any]) -> Outcome:
+    def cancelled(cls, task: Runnable) -> Outcome:
         """The task was cancelled or killed by its owner."""
         return cls(Kind.CANCELLED, task)
 
     @classmethod
-    def stopped(cls, task: Task[Any]) -> Outcome:
+    def stopped(cls, task: Runnable) -> Outcome:
         """The task was stopped by ``kill``: cancelled, or failed with the kill's error."""
         stop = task._stop
         if stop is not None and stop.error is not None:
@@ -141,17 +139,17 @@ class Outcome:
         return cls(Kind.CANCELLED, task)
 
     @classmethod
-    def shutdown(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def shutdown(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task raised ``isopool.Shutdown``: a normal exit, as Elixir's ``:shutdown``."""
         return cls(Kind.SHUTDOWN, task, payload)
 
     @classmethod
-    def error(cls, task: Task[Any], exc: BaseException) -> Outcome:
+    def error(cls, task: Runnable, exc: BaseException) -> Outcome:
         """The task fails with ``exc`` as it is (BrokenPoolError...)."""
         return cls(Kind.ERROR, task, exc)
 
     @classmethod
-    def restart_limit(cls, task: Task[Any], last: Outcome) -> Outcome:
+    def restart_limit(cls, task: Runnable, last: Outcome) -> Outcome:
         """The task failed once more than its restart intensity allows."""
         return cls(Kind.RESTART_LIMIT, task, last)
 
@@ -167,7 +165,7 @@ class Outcome:
         """The ``Pool.stats()`` counter this outcome adds to."""
         return self.kind.stat
 
-    def reason(self, task: Task[Any] | None = None) -> str:
+    def reason(self, task: Runnable | None = None) -> str:
         """A short phrase for logs: why this run ended (``task``: for a detached one)."""
         task = task if task is not None else self.task
         if self.kind is Kind.CRASHED:
@@ -185,7 +183,7 @@ class Outcome:
             return "failed to (un)pickle"
         return "failed"
 
-    def restart_message(self, pool: str, task: Task[Any], delay: float) -> str:
+    def restart_message(self, pool: str, task: Runnable, delay: float) -> str:
         """The WARNING that ``task`` is re-run after this outcome.
 
         Logged elsewhere: a logging handler is user code, and this is decided under
@@ -222,7 +220,7 @@ class Outcome:
         data = self.data.detached() if self.kind is Kind.RESTART_LIMIT else self.data
         return Outcome(self.kind, None, data)  # type: ignore[arg-type]  # only settle(task) reads it
 
-    def settle(self, task: Task[Any]) -> tuple[object, BaseException | None]:
+    def settle(self, task: Runnable) -> tuple[object, BaseException | None]:
         """The task's (value, exception); may run user code (unpickling).
 
         Called once per outcome, by whoever first asks for the task's value.
@@ -236,7 +234,7 @@ class Outcome:
                 return None, _parent_error(task, "result unpickle", exc, broken=True)
         return None, self.to_exception(task)
 
-    def to_exception(self, task: Task[Any] | None = None) -> BaseException | None:
+    def to_exception(self, task: Runnable | None = None) -> BaseException | None:
         """The exception this outcome fails the task with; None for a value."""
         task = task if task is not None else self.task
         kind = self.kind
@@ -269,7 +267,7 @@ class Outcome:
 
 
 def _parent_error(
-    task: Task[Any], what: str, exc: BaseException, *, broken: bool
+    task: Runnable, what: str, exc: BaseException, *, broken: bool
 ) -> SerializationError:
     """``what`` failed in the parent with ``exc``; the error is also ``type(exc)``.
 
@@ -294,7 +292,7 @@ def _parent_error(
 _BREAKS_STDLIB_POOL = frozenset({"call unpickle"})
 
 
-def _worker_error(task: Task[Any], payload: Payload) -> SerializationError:
+def _worker_error(task: Runnable, payload: Payload) -> SerializationError:
     """The worker's JSON report of a failed (un)pickling step, as an error."""
     try:
         info = json.loads(bytes(payload))
@@ -335,7 +333,7 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _crash_error(
-    task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+    task: Runnable, pid: int | None, info: ExitInfo, wrote: str | None = None
 ) -> TaskCrashError:
     if wrote is not None:
         message = (
@@ -357,7 +355,7 @@ def _crash_error(
     )
 
 
-def tripped_error(task: Task[Any], intensity: RestartIntensity) -> RestartLimitError:
+def tripped_error(task: Runnable, intensity: RestartIntensity) -> RestartLimitError:
     """The error of a task not started because its supervisor's intensity tripped."""
     return RestartLimitError(
         f"{task._label or 'its supervisor'} gave up (more than {intensity.max_restarts} "
@@ -369,7 +367,7 @@ def tripped_error(task: Task[Any], intensity: RestartIntensity) -> RestartLimitE
     )
 
 
-def _restart_limit_error(task: Task[Any], last: Outcome) -> RestartLimitError:
+def _restart_limit_error(task: Runnable, last: Outcome) -> RestartLimitError:
     opts = task.options
     if opts.max_retries is not None:
         budget = f"used up its max_retries={opts.max_retries}"
@@ -412,7 +410,7 @@ def resolve(outcomes: list[Outcome], defer: Defer | None = None) -> None:
 
 def _fixed(
     exc: BaseException | None,
-) -> Callable[[Task[Any]], tuple[object, BaseException | None]]:
+) -> Callable[[Runnable], tuple[object, BaseException | None]]:
     return lambda _task: (None, exc)
 
 

@@ -10,22 +10,79 @@ waits in the pending queue, or is done, has no run at all. ``StopRequest`` is wh
 a killed task must never run again.
 
 Both are plain records: only the engine (``_machine``) reads and writes them, under
-its monitor's lock.
+its monitor's lock. ``Runnable`` is what the engine needs of a task, so that the engine
+never imports the API layer above it (``_task.Task`` is the one implementation).
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ._spec import ShutdownTimeout
+from ._spec import ShutdownTimeout, TaskOptions
 
 if TYPE_CHECKING:
     from ._handle import WorkerHandle
+    from ._policy import RestartIntensity
 
-__all__ = ["Answer", "Revoke", "Run", "RunPhase", "StopRequest"]
+__all__ = ["Answer", "Defer", "Revoke", "Run", "RunPhase", "Runnable", "Settle", "StopRequest"]
+
+Defer = Callable[[Callable[[], object]], None]
+"""Runs a callable later on another thread (the pool's resolver)."""
+Settle = Callable[["Runnable"], tuple[object, BaseException | None]]
+"""Turns a task's outcome into its (value, exception), unpickling it: may run user code."""
+
+
+class Runnable(Protocol):
+    """What the engine reads and writes on a task; ``_task.Task`` is the one kind.
+
+    The fields are the engine's, guarded by its monitor's lock; the methods are the
+    future's, thread-safe.
+    """
+
+    id: int
+    name: str
+    attempts: int  # how many runs started
+    priority: int  # the pending queue's order: priority, then seq
+    seq: int
+    queued: bool  # in the pending queue (its removal is lazy)
+    _payload: bytes  # the pickled call; dropped once it settled
+    _run: Run | None
+    _stop: StopRequest | None
+    _pid: int | None
+    _usage: bytes | None  # its last run's USAGE trailer
+    _label: str | None  # "supervisor 'X'" for a supervisor's children, in logs
+    _intensity: RestartIntensity | None  # its supervisor's (or its own) restart budget
+    _dispatched: bool  # set_running_or_notify_cancel has been called
+    _raw: bool  # its outcome stays pickled (the shared queue's tasks)
+
+    @property
+    def options(self) -> TaskOptions:
+        """Its per-task options."""
+
+    def done(self) -> bool:
+        """Whether its future is done."""
+
+    def cancelled(self) -> bool:
+        """Whether its future was cancelled."""
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """``Future.set_running_or_notify_cancel``."""
+
+    def _cancel_future(self) -> bool:
+        """``Future.cancel`` alone: no take-back, no owner call."""
+
+    def _finish(self, settle: Settle, is_error: bool, defer: Defer | None) -> bool:
+        """Settle its future lazily with ``settle``; see ``_task.Task``."""
+
+    def _force_cancel(self, defer: Defer | None = None) -> bool:
+        """Cancel its future even though it runs (it was stopped)."""
+
+    def _wait_stopped(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for it to settle, ignoring its outcome."""
 
 
 class RunPhase(enum.Enum):

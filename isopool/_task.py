@@ -32,8 +32,11 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from . import _wire
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
+from ._outcome import Outcome, resolve
+from ._policy import RestartIntensity
 from ._spec import (
     MAX_SECONDS,
     ShutdownTimeout,
@@ -41,13 +44,12 @@ from ._spec import (
     check_seconds,
     check_shutdown,
     check_wait,
+    describe_function,
 )
 from ._usage import Usage, usage_of
 
 if TYPE_CHECKING:
-    from ._outcome import Defer
-    from ._policy import RestartIntensity
-    from ._run import Run, StopRequest
+    from ._run import Defer, Run, Settle, StopRequest
 
 __all__ = ["Reply", "Task", "describe"]
 
@@ -56,7 +58,6 @@ log = logging.getLogger(__name__)
 _callback_log = logging.getLogger("concurrent.futures")
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
-Settle = Callable[["Task[Any]"], tuple[object, BaseException | None]]
 """Computes a finished task's (value, exception); may run user code (unpickling)."""
 
 
@@ -218,6 +219,50 @@ class Task(Future[R], Generic[R]):
         )
 
     @classmethod
+    def _new(
+        cls,
+        owner: Any,  # noqa: ANN401 - the monitor: an _Owner that also takes submit()
+        task_id: int,
+        fn: Callable[..., object] | str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: TaskOptions,
+        intensity: RestartIntensity | None = None,
+    ) -> Task[Any]:
+        """Pickle one call and return its Task, not yet submitted.
+
+        A call that cannot be pickled gives a Task that already failed with
+        ``SerializationError`` (as ``ProcessPoolExecutor`` fails the future).
+        """
+        try:
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
+            error = None
+        except (Exception, SystemExit) as exc:
+            payload, error = b"", exc
+        if intensity is None and options.restart != "temporary":
+            intensity = RestartIntensity(options.max_restarts, options.max_seconds)
+        task = cls._create(owner, task_id, describe_function(fn), payload, options, intensity)
+        if error is not None:
+            task.set_running_or_notify_cancel()
+            resolve([Outcome.bad_call(task, error)])
+        return task
+
+    @classmethod
+    def _new_raw(
+        cls, owner: _Owner, task_id: int, payload: bytes, name: str, options: TaskOptions
+    ) -> Task[Any]:
+        """Return a Task for an already pickled call, whose outcome stays pickled.
+
+        For the shared queue: the call was pickled (and signed) by another process,
+        and its result goes back to Redis, so this process never unpickles user
+        bytes. The Task's result is ``("ok" | "raised" | "shutdown", payload)``;
+        crashes, time-outs and bad payloads still fail it with isopool's errors.
+        """
+        task = cls._create(owner, task_id, name, payload, options, None)
+        task._raw = True
+        return task
+
+    @classmethod
     def _create(
         cls,
         owner: _Owner,
@@ -330,6 +375,10 @@ class Task(Future[R], Generic[R]):
             self._owner.take_back(self, False)
             return False
         return self._owner.take_back(self, True)
+
+    def _cancel_future(self) -> bool:
+        """``Future.cancel`` alone (the engine's): no take-back, no call to the owner."""
+        return Future.cancel(self)
 
     def _cancel_nowait(self) -> None:
         """Cancel as ``cancel()`` does, without waiting for a worker's answer."""
