@@ -139,6 +139,8 @@ CONFIG_TIMEOUT: Final = 60.0
 
 _EXIT_SETUP_FAILED: Final = _reaper.EXIT_SETUP_FAILED
 _WORKER_FDS: Final = 3  # call_r, result_w, control_r
+# The signals the serving fork server handles (through its wake-up pipe).
+_SERVER_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGCHLD})
 # A fresh interpreter's server ignores these as the parent's Python does at start-up
 # (SIGPIPE, SIGXFSZ) or because Ctrl-C is the parent's to handle (SIGINT).
 _IGNORED_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ})
@@ -405,13 +407,30 @@ class _Server:
         return True
 
     def _fork(self, fds: list[int], max_tasks: int) -> int:
-        """Fork a worker serving the pipes ``fds`` (call_r, result_w, control_r)."""
-        pid = os.fork()
+        """Fork a worker serving the pipes ``fds`` (call_r, result_w, control_r).
+
+        The server's handled signals are blocked across the fork: until the child has
+        dropped the server's handlers, a SIGTERM meant for it would be written into
+        the *server's* wake-up pipe (shared after fork) and stop the server. The child
+        unblocks them once its own dispositions are in place, so a SIGTERM that came
+        early still ends it. Both sides set the worker's process group, so it exists
+        before the parent learns the pid (and signals the group).
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid:
+            with contextlib.suppress(OSError):  # it may have set it, or died, already
+                os.setpgid(pid, pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.workers.add(pid)
             return pid
         try:  # in the worker: never return into the server's loop
             self._set_up_worker()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             from ._worker import serve
 
             call_fd, result_fd, control_fd = fds

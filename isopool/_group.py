@@ -115,7 +115,7 @@ def _abnormal(task: Task[Any]) -> bool:
     if task.cancelled():
         return False
     exc = task.exception(timeout=0)
-    if exc is not None and exc is task._kill_error and task._awaited:
+    if exc is not None and task._stop is not None and exc is task._stop.error and task._awaited:
         return False  # await_ timed out and stopped it: the caller already has the error
     return exc is not None and not isinstance(exc, ShutdownExit)
 

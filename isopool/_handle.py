@@ -1,31 +1,54 @@
 """WorkerHandle: the parent's record of one worker process, and its non-blocking pipe I/O.
 
-Owned by the monitor and touched only under its lock. The handle knows which tasks
-were written to its worker, in order (the head is the one running), what is still to
-be written, which of them it has asked the worker to take back (``revoking``), and how
-the worker is being stopped; it reads and writes its pipes without ever blocking, so
-a stuck worker cannot stall the monitor.
+Owned by the engine and touched only under its monitor's lock. The handle knows its
+worker's phase, which tasks were written to it, in order (the head is the one
+running), what is still to be written, which calls it has asked the worker to take
+back (``revoking``), and how the worker is being stopped; it reads and writes its
+pipes without ever blocking, so a stuck worker cannot stall the monitor. The engine
+(``_machine``) decides; only ``flush`` and ``read`` touch a descriptor, and the
+monitor calls them.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import os
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final, Protocol
 
 from . import _wire
 from ._errors import ProtocolError
-from ._process import WorkerPipes
+from ._run import Run, Runnable
 
-if TYPE_CHECKING:
-    from ._task import Task
-
-__all__ = ["WorkerHandle"]
+__all__ = ["Pipes", "WorkerHandle", "WorkerPhase"]
 
 _READ_SIZE: Final = 1 << 20
 _SMALL_FRAME: Final = 65536  # below this, header and payload are joined (one iovec)
 _IOV_MAX: Final = 512  # iovecs per writev, well under Linux's 1024
+
+
+class WorkerPhase(enum.Enum):
+    """The life of one worker, in order; STOPPING may follow RETIRING."""
+
+    NEW = "new"  # made, with its pipes; not yet handed to the fork server
+    SPAWNING = "spawning"  # handed to the fork server; its pid not known yet
+    UP = "up"  # running: takes calls
+    RETIRING = "retiring"  # takes no more calls; exits by itself after the last one
+    STOPPING = "stopping"  # being stopped (``stop_reason``): SIGTERM, SIGKILL at kill_at
+    DEAD = "dead"  # gone, and its tasks accounted for (finalized)
+
+
+class Pipes(Protocol):
+    """The parent's ends of a worker's pipes (``_process.WorkerPipes``)."""
+
+    cookie: int
+    call_w: int
+    result_r: int
+    control_w: int
+
+    def close(self) -> None:
+        """Close every end still open."""
 
 
 class WorkerHandle:
@@ -34,17 +57,16 @@ class WorkerHandle:
     __slots__ = (
         "assigned",
         "eof_at",
-        "finalized",
         "held",
         "id",
         "kill_at",
         "out",
         "out_registered",
+        "phase",
         "pid",
         "pipes",
         "protocol_error",
         "reader",
-        "retired",
         "revoking",
         "status",
         "stop_reason",
@@ -52,38 +74,49 @@ class WorkerHandle:
         "tasks",
     )
 
-    def __init__(self, worker_id: int) -> None:
+    def __init__(self, worker_id: int, pipes: Pipes) -> None:
         self.id = worker_id
-        self.pipes = WorkerPipes()
+        self.pipes = pipes
+        self.phase = WorkerPhase.NEW
         self.pid: int | None = None
-        self.tasks: collections.deque[Task[Any]] = collections.deque()
+        self.tasks: collections.deque[Runnable] = collections.deque()
         self.out: collections.deque[memoryview] = collections.deque()
         self.out_registered = False
-        self.reader = _wire.FrameReader(self.pipes.cookie)
+        self.reader = _wire.FrameReader(pipes.cookie)
         # Calls asked back from the worker (by their number on it), awaiting REVOKED.
-        self.revoking: dict[int, Task[Any]] = {}
+        self.revoking: dict[int, Runnable] = {}
         self.assigned = 0  # calls ever written to it (for max_tasks_per_child)
-        self.retired = False  # takes no more calls; will exit by itself
-        self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"
-        self.stop_task: Task[Any] | None = None
+        self.stop_reason: str | None = None  # "timeout", "kill", "terminate", "protocol"...
+        self.stop_task: Runnable | None = None
         self.protocol_error: str | None = None  # what it wrote that was not a frame
         self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
         self.status: int | None = None  # wait status from the fork server
         self.eof_at: float | None = None  # when its result pipe reached EOF
-        self.finalized = False
         # Frames read before the fork server said the worker's pid (rare race).
         self.held: list[_wire.Frame] = []
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.id} pid={self.pid} {self.phase.value} tasks={len(self.tasks)}>"
 
     @property
     def accepting(self) -> bool:
         """Whether new calls may be written to this worker."""
-        return not (self.retired or self.stop_reason or self.finalized)
+        return self.phase in (WorkerPhase.NEW, WorkerPhase.SPAWNING, WorkerPhase.UP)
 
-    def queue_call(self, task: Task[Any]) -> bool:
-        """Append ``task``'s CALL frame to the out buffer; True if it is now the head."""
+    @property
+    def finalized(self) -> bool:
+        """Whether the worker is gone and accounted for."""
+        return self.phase is WorkerPhase.DEAD
+
+    def retire(self) -> None:
+        """Take no more calls: the worker exits by itself after its last one."""
+        if self.accepting:
+            self.phase = WorkerPhase.RETIRING
+
+    def queue_call(self, task: Runnable) -> Run:
+        """Append ``task``'s CALL frame to the out buffer; return the task's new run."""
         self.tasks.append(task)
-        self.assigned += 1
-        task._call_number = self.assigned  # the worker numbers its calls the same way
+        self.assigned += 1  # the worker numbers its calls the same way
         payload = task._payload
         header = _wire.pack_header(_wire.CALL, task.id, len(payload))
         if len(payload) < _SMALL_FRAME:
@@ -91,19 +124,7 @@ class WorkerHandle:
         else:
             self.out.append(memoryview(header))
             self.out.append(memoryview(payload))
-        return len(self.tasks) == 1
-
-    def revoke(self, task: Task[Any]) -> bool:
-        """Ask the worker not to start ``task``; False if the request could not be sent.
-
-        The answer comes back as a REVOKED frame on the result pipe.
-        """
-        try:
-            os.write(self.pipes.control_w, _wire.REVOKE.pack(task._call_number))
-        except OSError:  # full (never with <= 16 calls queued) or the worker is gone
-            return False
-        self.revoking[task._call_number] = task
-        return True
+        return Run(self, self.assigned)
 
     def flush(self) -> bool:
         """Write what the pipe takes now; return whether bytes remain to be written."""

@@ -12,6 +12,7 @@ logging handlers) go to the pool's resolver thread through ``defer``.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import pickle
@@ -27,31 +28,55 @@ from ._errors import (
     TaskTimeoutError,
     serialization_error,
 )
+from ._run import Defer, Runnable
 from ._wire import Payload
 
 if TYPE_CHECKING:
     from ._policy import Exit, RestartIntensity
     from ._process import ExitInfo
-    from ._task import Task
 
-__all__ = ["Defer", "Outcome", "resolve"]
+__all__ = ["Defer", "Kind", "Outcome", "resolve"]
 
-Defer = Callable[[Callable[[], object]], None]
-"""Runs a callable later on another thread (the pool's resolver)."""
 
 log = logging.getLogger(__name__)
 
+
+class Kind(enum.StrEnum):
+    """How a run ended. Its value is also the word the shared queue stores."""
+
+    OK = "ok"  # returned; data: the pickled value
+    RAISED = "raised"  # raised; data: the pickled (exception, traceback)
+    SHUTDOWN = "shutdown"  # raised isopool.Shutdown: a normal exit; data as RAISED
+    BAD_PAYLOAD = "bad_payload"  # the worker could not (un)pickle; data: its JSON report
+    BAD_CALL = "bad_call"  # the parent could not pickle the call; data: the exception
+    CRASHED = "crashed"  # its worker died; data: (pid, ExitInfo, what it wrote or None)
+    TIMED_OUT = "timed_out"  # ran past its time-out; data: the worker's pid
+    CANCELLED = "cancelled"  # cancelled or killed by its owner
+    ERROR = "error"  # fails with data, an exception, as it is (BrokenPoolError, ...)
+    RESTART_LIMIT = "restart_limit"  # failed once too often; data: the last Outcome
+
+    @property
+    def stat(self) -> str:
+        """The ``Pool.stats()`` counter an outcome of this kind adds to."""
+        return _STATS[self]
+
+    @property
+    def normal(self) -> bool:
+        """Whether this is a normal exit in OTP's terms (returned, or Shutdown)."""
+        return self in (Kind.OK, Kind.SHUTDOWN)
+
+
 _STATS = {
-    "ok": "completed",
-    "shutdown": "completed",
-    "raised": "failed",
-    "bad_payload": "failed",
-    "bad_call": "failed",
-    "crashed": "crashed",
-    "timed_out": "timed_out",
-    "cancelled": "killed",
-    "error": "failed",
-    "restart_limit": "failed",
+    Kind.OK: "completed",
+    Kind.SHUTDOWN: "completed",
+    Kind.RAISED: "failed",
+    Kind.BAD_PAYLOAD: "failed",
+    Kind.BAD_CALL: "failed",
+    Kind.CRASHED: "crashed",
+    Kind.TIMED_OUT: "timed_out",
+    Kind.CANCELLED: "killed",
+    Kind.ERROR: "failed",
+    Kind.RESTART_LIMIT: "failed",
 }
 
 
@@ -59,105 +84,106 @@ _STATS = {
 class Outcome:
     """One ended run of ``task``: ``kind`` says how, ``data`` carries the details."""
 
-    kind: str
-    task: Task[Any]
+    kind: Kind
+    task: Runnable
     data: Any = None
 
     # -- constructors --------------------------------------------------------
 
     @classmethod
-    def ok(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def ok(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task returned; ``payload`` is its pickled value."""
-        return cls("ok", task, payload)
+        return cls(Kind.OK, task, payload)
 
     @classmethod
-    def raised(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def raised(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task raised; ``payload`` is the pickled (exception, traceback)."""
-        return cls("raised", task, payload)
+        return cls(Kind.RAISED, task, payload)
 
     @classmethod
-    def bad_payload(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def bad_payload(cls, task: Runnable, payload: Payload) -> Outcome:
         """The worker could not unpickle the call or pickle the result/exception."""
-        return cls("bad_payload", task, payload)
+        return cls(Kind.BAD_PAYLOAD, task, payload)
 
     @classmethod
-    def bad_call(cls, task: Task[Any], exc: BaseException) -> Outcome:
+    def bad_call(cls, task: Runnable, exc: BaseException) -> Outcome:
         """The parent could not pickle the call."""
-        return cls("bad_call", task, exc)
+        return cls(Kind.BAD_CALL, task, exc)
 
     @classmethod
     def crashed(
-        cls, task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+        cls, task: Runnable, pid: int | None, info: ExitInfo, wrote: str | None = None
     ) -> Outcome:
         """The worker died while running the task.
 
         ``wrote``: it was stopped for writing this into its result pipe.
         """
-        return cls("crashed", task, (pid, info, wrote))
+        return cls(Kind.CRASHED, task, (pid, info, wrote))
 
     @classmethod
-    def timed_out(cls, task: Task[Any], pid: int | None) -> Outcome:
+    def timed_out(cls, task: Runnable, pid: int | None) -> Outcome:
         """The task ran past its time-out and its worker was stopped."""
-        return cls("timed_out", task, pid)
+        return cls(Kind.TIMED_OUT, task, pid)
 
     @classmethod
-    def cancelled(cls, task: Task[Any]) -> Outcome:
+    def cancelled(cls, task: Runnable) -> Outcome:
         """The task was cancelled or killed by its owner."""
-        return cls("cancelled", task)
+        return cls(Kind.CANCELLED, task)
 
     @classmethod
-    def stopped(cls, task: Task[Any]) -> Outcome:
+    def stopped(cls, task: Runnable) -> Outcome:
         """The task was stopped by ``kill``: cancelled, or failed with the kill's error."""
-        if task._kill_error is not None:
-            return cls("error", task, task._kill_error)
-        return cls("cancelled", task)
+        stop = task._stop
+        if stop is not None and stop.error is not None:
+            return cls(Kind.ERROR, task, stop.error)
+        return cls(Kind.CANCELLED, task)
 
     @classmethod
-    def shutdown(cls, task: Task[Any], payload: Payload) -> Outcome:
+    def shutdown(cls, task: Runnable, payload: Payload) -> Outcome:
         """The task raised ``isopool.Shutdown``: a normal exit, as Elixir's ``:shutdown``."""
-        return cls("shutdown", task, payload)
+        return cls(Kind.SHUTDOWN, task, payload)
 
     @classmethod
-    def error(cls, task: Task[Any], exc: BaseException) -> Outcome:
+    def error(cls, task: Runnable, exc: BaseException) -> Outcome:
         """The task fails with ``exc`` as it is (BrokenPoolError...)."""
-        return cls("error", task, exc)
+        return cls(Kind.ERROR, task, exc)
 
     @classmethod
-    def restart_limit(cls, task: Task[Any], last: Outcome) -> Outcome:
+    def restart_limit(cls, task: Runnable, last: Outcome) -> Outcome:
         """The task failed once more than its restart intensity allows."""
-        return cls("restart_limit", task, last)
+        return cls(Kind.RESTART_LIMIT, task, last)
 
     # -- what the monitor asks ----------------------------------------------
 
     @property
     def exit(self) -> Exit:
         """``normal`` if the task returned, else ``abnormal`` (OTP's terms)."""
-        return "normal" if self.kind in ("ok", "shutdown") else "abnormal"
+        return "normal" if self.kind.normal else "abnormal"
 
     @property
     def stat(self) -> str:
         """The ``Pool.stats()`` counter this outcome adds to."""
-        return _STATS[self.kind]
+        return self.kind.stat
 
-    def reason(self, task: Task[Any] | None = None) -> str:
+    def reason(self, task: Runnable | None = None) -> str:
         """A short phrase for logs: why this run ended (``task``: for a detached one)."""
         task = task if task is not None else self.task
-        if self.kind == "crashed":
+        if self.kind is Kind.CRASHED:
             pid, info, _wrote = self.data
             return f"crashed: worker {pid} {info.describe()}"
-        if self.kind == "timed_out":
+        if self.kind is Kind.TIMED_OUT:
             return f"timed out after {task.options.timeout} s"
-        if self.kind == "ok":
+        if self.kind is Kind.OK:
             return "returned"
-        if self.kind == "shutdown":
+        if self.kind is Kind.SHUTDOWN:
             return "shut down"
-        if self.kind == "raised":
+        if self.kind is Kind.RAISED:
             return "raised an exception"
-        if self.kind in ("bad_payload", "bad_call"):
+        if self.kind in (Kind.BAD_PAYLOAD, Kind.BAD_CALL):
             return "failed to (un)pickle"
         return "failed"
 
-    def restart_message(self, pool: str, task: Task[Any], delay: float) -> str:
+    def restart_message(self, pool: str, task: Runnable, delay: float) -> str:
         """The WARNING that ``task`` is re-run after this outcome.
 
         Logged elsewhere: a logging handler is user code, and this is decided under
@@ -191,39 +217,39 @@ class Outcome:
         the outcome to point back at the task, the pair would be a reference cycle and
         an unread 20 MB result would live until the cyclic collector ran.
         """
-        data = self.data.detached() if self.kind == "restart_limit" else self.data
+        data = self.data.detached() if self.kind is Kind.RESTART_LIMIT else self.data
         return Outcome(self.kind, None, data)  # type: ignore[arg-type]  # only settle(task) reads it
 
-    def settle(self, task: Task[Any]) -> tuple[object, BaseException | None]:
+    def settle(self, task: Runnable) -> tuple[object, BaseException | None]:
         """The task's (value, exception); may run user code (unpickling).
 
         Called once per outcome, by whoever first asks for the task's value.
         """
-        if task._raw and self.kind in ("ok", "raised", "shutdown"):
-            return (self.kind, self.data), None  # stays pickled: it goes back to Redis
-        if self.kind == "ok":
+        if task._raw and self.kind in (Kind.OK, Kind.RAISED, Kind.SHUTDOWN):
+            return (self.kind.value, self.data), None  # stays pickled: it goes back to Redis
+        if self.kind is Kind.OK:
             try:
                 return pickle.loads(self.data), None
             except BaseException as exc:  # user code ran in __reduce__ or __setstate__
                 return None, _parent_error(task, "result unpickle", exc, broken=True)
         return None, self.to_exception(task)
 
-    def to_exception(self, task: Task[Any] | None = None) -> BaseException | None:
+    def to_exception(self, task: Runnable | None = None) -> BaseException | None:
         """The exception this outcome fails the task with; None for a value."""
         task = task if task is not None else self.task
         kind = self.kind
-        if kind in ("raised", "shutdown"):
+        if kind in (Kind.RAISED, Kind.SHUTDOWN):
             try:
                 return _wire.loads_exception(self.data)
             except BaseException as exc:  # user code ran in __reduce__
                 return _parent_error(task, "exception unpickle", exc, broken=True)
-        if kind == "bad_payload":
+        if kind is Kind.BAD_PAYLOAD:
             return _worker_error(task, self.data)
-        if kind == "bad_call":
+        if kind is Kind.BAD_CALL:
             return _parent_error(task, "call pickle", self.data, broken=False)
-        if kind == "crashed":
+        if kind is Kind.CRASHED:
             return _crash_error(task, *self.data)
-        if kind == "timed_out":
+        if kind is Kind.TIMED_OUT:
             return TaskTimeoutError(
                 f"task {task.id} ({task.name}) timed out after {task.options.timeout} s; "
                 f"worker {self.data} was stopped",
@@ -232,16 +258,16 @@ class Outcome:
                 timeout=task.options.timeout,
                 pid=self.data,
             )
-        if kind == "error":
+        if kind is Kind.ERROR:
             error: BaseException = self.data
             return error
-        if kind == "restart_limit":
+        if kind is Kind.RESTART_LIMIT:
             return _restart_limit_error(task, self.data)
         return None
 
 
 def _parent_error(
-    task: Task[Any], what: str, exc: BaseException, *, broken: bool
+    task: Runnable, what: str, exc: BaseException, *, broken: bool
 ) -> SerializationError:
     """``what`` failed in the parent with ``exc``; the error is also ``type(exc)``.
 
@@ -266,7 +292,7 @@ def _parent_error(
 _BREAKS_STDLIB_POOL = frozenset({"call unpickle"})
 
 
-def _worker_error(task: Task[Any], payload: Payload) -> SerializationError:
+def _worker_error(task: Runnable, payload: Payload) -> SerializationError:
     """The worker's JSON report of a failed (un)pickling step, as an error."""
     try:
         info = json.loads(bytes(payload))
@@ -307,7 +333,7 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _crash_error(
-    task: Task[Any], pid: int | None, info: ExitInfo, wrote: str | None = None
+    task: Runnable, pid: int | None, info: ExitInfo, wrote: str | None = None
 ) -> TaskCrashError:
     if wrote is not None:
         message = (
@@ -329,7 +355,7 @@ def _crash_error(
     )
 
 
-def tripped_error(task: Task[Any], intensity: RestartIntensity) -> RestartLimitError:
+def tripped_error(task: Runnable, intensity: RestartIntensity) -> RestartLimitError:
     """The error of a task not started because its supervisor's intensity tripped."""
     return RestartLimitError(
         f"{task._label or 'its supervisor'} gave up (more than {intensity.max_restarts} "
@@ -341,7 +367,7 @@ def tripped_error(task: Task[Any], intensity: RestartIntensity) -> RestartLimitE
     )
 
 
-def _restart_limit_error(task: Task[Any], last: Outcome) -> RestartLimitError:
+def _restart_limit_error(task: Runnable, last: Outcome) -> RestartLimitError:
     opts = task.options
     if opts.max_retries is not None:
         budget = f"used up its max_retries={opts.max_retries}"
@@ -370,21 +396,21 @@ def resolve(outcomes: list[Outcome], defer: Defer | None = None) -> None:
     """
     for outcome in outcomes:
         task = outcome.task
-        if outcome.kind == "cancelled":
+        if outcome.kind is Kind.CANCELLED:
             task._force_cancel(defer)
             continue
-        if outcome.kind in ("crashed", "timed_out"):
+        if outcome.kind in (Kind.CRASHED, Kind.TIMED_OUT):
             exc = outcome.to_exception()  # built from our own data: no user code
             if exc is not None:
                 _log_later(defer, f"{task._label}: " if task._label else "", exc)
             task._finish(_fixed(exc), True, defer)
             continue
-        task._finish(outcome.detached().settle, outcome.kind != "ok", defer)
+        task._finish(outcome.detached().settle, outcome.kind is not Kind.OK, defer)
 
 
 def _fixed(
     exc: BaseException | None,
-) -> Callable[[Task[Any]], tuple[object, BaseException | None]]:
+) -> Callable[[Runnable], tuple[object, BaseException | None]]:
     return lambda _task: (None, exc)
 
 

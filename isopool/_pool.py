@@ -446,7 +446,8 @@ class Pool(Executor):
             raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
         if self._monitor.state is not State.RUNNING or _interpreter_exiting:
             self._check_open()
-        task = self._monitor.new_task(fn, args, kwargs, options, intensity)
+        monitor = self._monitor
+        task = Task._new(monitor, monitor.next_task_id(), fn, args, kwargs, options, intensity)
         task._label = label
         self._monitor.submit(task)
         return task

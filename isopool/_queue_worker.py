@@ -235,7 +235,7 @@ class QueueWorker:
             return
         local = TaskOptions(timeout=opts.timeout, shutdown=5.0)
         monitor = self.pool._monitor
-        task = monitor.new_raw_task(body, name, local)
+        task = Task._new_raw(monitor, monitor.next_task_id(), body, name, local)
         task.add_done_callback(lambda _task: self._wake.set())
         self._runs[entry] = _Run(job_id, band, entry, task, opts, attempts)
         monitor.submit(task)

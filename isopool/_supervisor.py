@@ -276,7 +276,7 @@ class TaskSupervisor(_Starting):
         """The children running now (not those waiting to start or to be restarted)."""
         with self._lock:
             children = list(self._children)
-        return [t for t in children if t._started_at is not None and not t.done()]
+        return [t for t in children if t._running and not t.done()]
 
     def terminate_child(self, task: Task[Any]) -> bool:
         """Stop ``task`` (polite, then brutal per its ``shutdown``); it is not restarted.

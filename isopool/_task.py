@@ -32,8 +32,11 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from . import _wire
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
+from ._outcome import Outcome, resolve
+from ._policy import RestartIntensity
 from ._spec import (
     MAX_SECONDS,
     ShutdownTimeout,
@@ -41,12 +44,12 @@ from ._spec import (
     check_seconds,
     check_shutdown,
     check_wait,
+    describe_function,
 )
 from ._usage import Usage, usage_of
 
 if TYPE_CHECKING:
-    from ._outcome import Defer
-    from ._policy import RestartIntensity
+    from ._run import Defer, Run, Settle, StopRequest
 
 __all__ = ["Reply", "Task", "describe"]
 
@@ -55,7 +58,6 @@ log = logging.getLogger(__name__)
 _callback_log = logging.getLogger("concurrent.futures")
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
-Settle = Callable[["Task[Any]"], tuple[object, BaseException | None]]
 """Computes a finished task's (value, exception); may run user code (unpickling)."""
 
 
@@ -196,18 +198,9 @@ class Task(Future[R], Generic[R]):
     _options: TaskOptions
     _intensity: RestartIntensity | None
     _dispatched: bool
-    _worker: object | None
-    _pid: int | None
-    _deadline: float | None
-    _started_at: float | None
-    _kill_requested: bool
-    _kill_error: BaseException | None
-    _kill_grace: ShutdownTimeout | None
-    _keep_reply: bool  # Task.shutdown: a reply that races the stop in is kept
-    _call_number: int  # its number among the calls written to its worker
-    _revoke: str | None  # why it is being asked back from its worker: kill, cancel, steal
-    _revoked: threading.Event | None  # set when a cancel()'s take-back was answered
-    _revoke_ok: bool  # that answer: True if the call will never run
+    _run: Run | None  # its run on a worker (see _run), while it is on one
+    _stop: StopRequest | None  # kill()/shutdown() asked for it to stop: never re-run
+    _pid: int | None  # its last run's worker
     _label: str | None
     # Task-owned state (the Elixir API):
     _awaited: bool  # await_ was called: a second call is an error
@@ -224,6 +217,50 @@ class Task(Future[R], Generic[R]):
         raise TypeError(
             "Task has no public constructor; get one from Pool.submit or TaskSupervisor.async_"
         )
+
+    @classmethod
+    def _new(
+        cls,
+        owner: Any,  # noqa: ANN401 - the monitor: an _Owner that also takes submit()
+        task_id: int,
+        fn: Callable[..., object] | str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: TaskOptions,
+        intensity: RestartIntensity | None = None,
+    ) -> Task[Any]:
+        """Pickle one call and return its Task, not yet submitted.
+
+        A call that cannot be pickled gives a Task that already failed with
+        ``SerializationError`` (as ``ProcessPoolExecutor`` fails the future).
+        """
+        try:
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
+            error = None
+        except (Exception, SystemExit) as exc:
+            payload, error = b"", exc
+        if intensity is None and options.restart != "temporary":
+            intensity = RestartIntensity(options.max_restarts, options.max_seconds)
+        task = cls._create(owner, task_id, describe_function(fn), payload, options, intensity)
+        if error is not None:
+            task.set_running_or_notify_cancel()
+            resolve([Outcome.bad_call(task, error)])
+        return task
+
+    @classmethod
+    def _new_raw(
+        cls, owner: _Owner, task_id: int, payload: bytes, name: str, options: TaskOptions
+    ) -> Task[Any]:
+        """Return a Task for an already pickled call, whose outcome stays pickled.
+
+        For the shared queue: the call was pickled (and signed) by another process,
+        and its result goes back to Redis, so this process never unpickles user
+        bytes. The Task's result is ``("ok" | "raised" | "shutdown", payload)``;
+        crashes, time-outs and bad payloads still fail it with isopool's errors.
+        """
+        task = cls._create(owner, task_id, name, payload, options, None)
+        task._raw = True
+        return task
 
     @classmethod
     def _create(
@@ -249,18 +286,9 @@ class Task(Future[R], Generic[R]):
         self.seq = task_id
         self.queued = False
         self._dispatched = False  # set_running_or_notify_cancel has been called
-        self._worker = None
+        self._run = None
+        self._stop = None
         self._pid = None
-        self._deadline = None
-        self._started_at = None
-        self._kill_requested = False
-        self._kill_error = None  # fail with this instead of CancelledError when stopped
-        self._kill_grace = None  # overrides options.shutdown for one stop
-        self._keep_reply = False
-        self._call_number = 0
-        self._revoke = None
-        self._revoked = None
-        self._revoke_ok = False
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         self._awaited = False
         self._unlink = None
@@ -283,6 +311,12 @@ class Task(Future[R], Generic[R]):
     def pid(self) -> int | None:
         """The pid of the worker running the task; after it ran, of the last one; else None."""
         return self._pid
+
+    @property
+    def _running(self) -> bool:
+        """Whether its call is running on a worker now (engine-owned; a snapshot)."""
+        run = self._run
+        return run is not None and run.started_at is not None
 
     @property
     def options(self) -> TaskOptions:
@@ -341,6 +375,10 @@ class Task(Future[R], Generic[R]):
             self._owner.take_back(self, False)
             return False
         return self._owner.take_back(self, True)
+
+    def _cancel_future(self) -> bool:
+        """``Future.cancel`` alone (the engine's): no take-back, no call to the owner."""
+        return Future.cancel(self)
 
     def _cancel_nowait(self) -> None:
         """Cancel as ``cancel()`` does, without waiting for a worker's answer."""

@@ -325,3 +325,25 @@ def test_task_output_reaches_stdout_and_not_the_result_channel(capfd):
 def test_unused_file_is_not_created(tmp_path):
     """Sanity for the fixtures: tmp_path is per test."""
     assert not any(Path(tmp_path).iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_worker_at_its_birth_leaves_the_fork_server_alone():
+    """A worker SIGTERMed right after its fork is one crash; the fork server lives on.
+
+    The signal could arrive before the new worker dropped the fork server's signal
+    handling, which wrote it into the server's own wake-up pipe and stopped the server.
+    """
+    with isopool.Pool(1) as pool:
+        assert pool.submit(abs, -1).result(timeout=30) == 1
+        server = pool._monitor._server
+        assert server is not None
+        for _ in range(40):
+            task = pool.submit(_tasks.hang)
+            assert wait_for(lambda task=task: task.pid is not None, timeout=30)
+            os.kill(task.pid, signal.SIGTERM)  # the worker itself, as early as we can
+            with pytest.raises(isopool.TaskCrashError):
+                task.result(timeout=30)
+            assert pool._monitor._server is server
+            assert server.process.poll() is None
+        assert pool.submit(abs, -5).result(timeout=30) == 5
