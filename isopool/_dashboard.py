@@ -2,9 +2,9 @@
 
 What it serves::
 
-    GET  /                         the page (static HTML; the script draws everything)
+    GET  /[?queue=Q]               the page (static HTML; the script draws everything)
     GET  /static/app.js, app.css   the page's only script and style sheet
-    GET  /api/snapshot             the snapshot as JSON, plus whether actions are on
+    GET  /api/snapshot[?queue=Q]   the snapshot as JSON, plus whether actions are on
     POST /api/queues/Q/dead/E/requeue   re-queue dead letter E (its stream entry id)
     POST /api/queues/Q/dead/E/delete    delete dead letter E and its dead job
     POST /api/queues/Q/jobs/ID/cancel   cancel job ID
@@ -206,8 +206,9 @@ def create_app(
             return Response("not found", status_code=404, media_type="text/plain")
         return Response(bodies[name], media_type=files[name])
 
-    def api_snapshot(_request: Request) -> Response:
-        data = _inspect.snapshot(client)
+    def api_snapshot(request: Request) -> Response:
+        only = request.query_params.get("queue")
+        data = _inspect.snapshot(client, None if only is None else [only])
         data["read_only"] = actions.token is None
         return JSONResponse(data)
 

@@ -12,7 +12,7 @@ never writes) these keys, next to the queue's own (``_redis_queue``)::
     isopool:{NAME}:dead             the newest entries: job id, reason, time
     isopool:{NAME}:schedules/schedule:S  name, cron, zone, function, next and last run
     isopool:{NAME}:workers          hash consumer -> JSON {host, pid, started,
-                                    concurrency, running, beat}: written by ``Heartbeat``
+                                    processes, capacity, held, beat}: by ``Heartbeat``
     isopool:{NAME}:stats:MINUTE     hash outcome -> count of jobs finished in that
                                     minute (Unix time // 60): written by ``Heartbeat``
     isopool:nodes, isopool:node:N:alive   the nodes (``_node``) and their heartbeats
@@ -75,7 +75,14 @@ class Heartbeat:
     worker look late on the dashboard, and the worker's own loop handles Redis loss.
     """
 
-    def __init__(self, client: Any, prefix: str, consumer: str, concurrency: int) -> None:  # noqa: ANN401 - a redis.Redis
+    def __init__(
+        self,
+        client: Any,  # noqa: ANN401 - a redis.Redis
+        prefix: str,
+        consumer: str,
+        processes: int,
+        capacity: int,
+    ) -> None:
         self.redis = client
         self.key = f"{prefix}:workers"
         self.stats = f"{prefix}:stats"
@@ -84,7 +91,8 @@ class Heartbeat:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.time(),
-            "concurrency": concurrency,
+            "processes": processes,  # worker processes: jobs that can run at once
+            "capacity": capacity,  # jobs it holds at most (running plus prefetched)
         }
         self.tally: Counter[str] = Counter()
         self._next_prune = 0.0
@@ -93,13 +101,13 @@ class Heartbeat:
         """Count one committed outcome (done, failed, dead, cancelled, retry, release)."""
         self.tally[outcome] += 1
 
-    def beat(self, running: int) -> None:
-        """Write this worker's entry and the outcome counts since the last beat."""
+    def beat(self, held: int) -> None:
+        """Write this worker's entry (``held``: jobs it holds now) and the new counts."""
         import redis
 
         now = time.time()
         minute = f"{self.stats}:{int(now // 60)}"
-        entry = json.dumps({**self.info, "running": running, "beat": now})
+        entry = json.dumps({**self.info, "held": held, "beat": now})
         tally, self.tally = self.tally, Counter()
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -341,8 +349,9 @@ def _workers(client: Any, prefix: str, now: float) -> list[dict[str, Any]]:  # n
                 "name": _text(consumer),
                 "host": str(info.get("host", "")),
                 "pid": info.get("pid"),
-                "concurrency": info.get("concurrency"),
-                "running": info.get("running"),
+                "processes": info.get("processes"),
+                "capacity": info.get("capacity"),
+                "held": info.get("held"),
                 "started": info.get("started"),
                 "last_beat": max(0.0, now - beat),
                 "alive": now - beat <= DEAD_AFTER,

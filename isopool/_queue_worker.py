@@ -101,7 +101,9 @@ class QueueWorker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lease_ms = int(queue.lease * 1000)
-        self._beat = _inspect.Heartbeat(queue.redis, queue.prefix, self.consumer, self.capacity)
+        self._beat = _inspect.Heartbeat(
+            queue.redis, queue.prefix, self.consumer, self.pool.max_workers, self.capacity
+        )
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""

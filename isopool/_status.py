@@ -114,13 +114,14 @@ def _sections(q: dict[str, Any]) -> Iterator[tuple[str, list[str], list[list[str
     )
     yield (
         "workers",
-        ["worker", "host", "pid", "busy", "heartbeat"],
+        ["worker", "host", "pid", "held", "processes", "heartbeat"],
         [
             [
                 w["name"],
                 w["host"],
                 str(w["pid"]),
-                f"{w['running']}/{w['concurrency']}",
+                f"{w['held']}/{w['capacity']}",
+                str(w["processes"]),
                 ("alive, " if w["alive"] else "DEAD, ") + _ago(w["last_beat"]) + " ago",
             ]
             for w in q["workers"]

@@ -137,7 +137,7 @@ def test_worker_unregisters_when_it_stops(queues, processes):
 def test_silent_worker_is_shown_dead(queues):
     """A heartbeat older than DEAD_AFTER seconds shows its worker as dead, not alive."""
     queue = queues()
-    beat = _inspect.Heartbeat(queue.redis, queue.prefix, "host:1:abc", 2)
+    beat = _inspect.Heartbeat(queue.redis, queue.prefix, "host:1:abc", 2, 4)
     beat.beat(0)
     now = time.time()
     (fresh,) = queue_of(_inspect.snapshot(queue.redis, now=now), queue.name)["workers"]

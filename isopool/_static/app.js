@@ -7,6 +7,8 @@
 
 const POLL_MS = 1500;
 const SVG = "http://www.w3.org/2000/svg";
+const ONLY = new URLSearchParams(location.search).get("queue");  // ?queue=NAME: one queue
+const SNAPSHOT = "/api/snapshot" + (ONLY === null ? "" : "?queue=" + encodeURIComponent(ONLY));
 let token = sessionStorage.getItem("isopool-token") || "";
 let readOnly = true;
 let lastAccess = null;
@@ -190,10 +192,10 @@ function queueCard(q) {
         el("td", { class: "mono" }, s.name), el("td", { class: "mono" }, s.cron + " " + s.zone),
         el("td", { class: "mono" }, s.function),
         el("td", {}, clock(s.next_run) + (s.due ? " (due)" : "")))), "no schedules")),
-    el("div", {}, el("h3", {}, "Workers"), table(["worker", "host", "pid", "busy", "heartbeat"],
+    el("div", {}, el("h3", {}, "Workers"), table(["worker", "host", "pid", "held", "processes", "heartbeat"],
       q.workers.map((w) => el("tr", {},
         el("td", { class: "mono" }, w.name), el("td", {}, w.host), el("td", { class: "num" }, w.pid),
-        el("td", { class: "num" }, w.running + "/" + w.concurrency),
+        el("td", { class: "num" }, w.held + "/" + w.capacity), el("td", { class: "num" }, w.processes),
         el("td", { class: w.alive ? "alive" : "deadtext" },
           (w.alive ? "alive, " : "DEAD, ") + seconds(w.last_beat) + " ago"))),
       "no worker has reported"))));
@@ -212,7 +214,7 @@ function nodesTable(nodes) {
 
 async function poll() {
   try {
-    const reply = await fetch("/api/snapshot", { cache: "no-store", credentials: "omit" });
+    const reply = await fetch(SNAPSHOT, { cache: "no-store", credentials: "omit" });
     if (!reply.ok) throw new Error("HTTP " + reply.status);
     const data = await reply.json();
     readOnly = data.read_only;
