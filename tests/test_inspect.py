@@ -222,3 +222,44 @@ def test_status_of_a_missing_queue_fails(redis_server):
     done = status(redis_server.url, "--queue", "nope")
     assert done.returncode == 1
     assert "no queue named 'nope'" in done.stderr
+
+
+def run_on_terminal(argv, columns=120):
+    """Run ``argv`` with stdout on a pseudo-terminal; what it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISOPOOL_")}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(60) == 0
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.redis
+def test_status_on_a_terminal_draws_rich_tables_with_names_as_text(queues):
+    """On a terminal, status draws rich tables; rich markup in a job name is shown as is."""
+    pytest.importorskip("rich")
+    queue = queues()
+    job = queue.enqueue("tests._tasks:echo", 1)
+    queue.redis.hset(job.key, "name", "[bold red]markup[/]")
+    queue.redis.xadd(f"{queue.prefix}:dead", {"id": job.id, "reason": "why", "at": 0})
+    out = run_on_terminal([sys.executable, "-m", "isopool", "status", "--redis", queue.url])
+    assert f"queue {queue.name}" in out
+    assert "dead letters" in out
+    assert "[bold red]markup[/]" in out
+    assert "─" in out  # a rich rule or table border, not the plain layout
