@@ -207,8 +207,13 @@ def create_app(
         return Response(bodies[name], media_type=files[name])
 
     def api_snapshot(request: Request) -> Response:
+        import redis
+
         only = request.query_params.get("queue")
-        data = _inspect.snapshot(client, None if only is None else [only])
+        try:
+            data = _inspect.snapshot(client, None if only is None else [only])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return JSONResponse({"error": f"cannot reach Redis: {exc}"}, status_code=503)
         data["read_only"] = actions.token is None
         return JSONResponse(data)
 

@@ -188,19 +188,22 @@ def queue_snapshot(client: Any, name: str, now: float) -> dict[str, Any]:  # noq
     pipe.exists(f"{prefix}:epoch")
     for band in range(_BANDS):
         pipe.xlen(f"{prefix}:jobs:{band}")
+        pipe.xpending(f"{prefix}:jobs:{band}", "workers")
     pipe.zcard(f"{prefix}:scheduled")
     pipe.zcard(f"{prefix}:delayed")
     pipe.xlen(f"{prefix}:dead")
-    got = pipe.execute()
-    exists, lengths, (scheduled, delayed, dead) = got[0], got[1 : 1 + _BANDS], got[1 + _BANDS :]
+    got = pipe.execute(raise_on_error=False)
+    exists, per_band, (scheduled, delayed, dead) = got[0], got[1:-3], got[-3:]
     running = _running(client, prefix, now)
     bands = []
-    for band, length in enumerate(lengths):
-        busy = sum(1 for job in running if job["band"] == band)
-        bands.append({"band": band, "queued": max(0, int(length) - busy), "running": busy})
+    for band in range(_BANDS):
+        length, pending = per_band[2 * band], per_band[2 * band + 1]
+        busy = 0 if isinstance(pending, Exception) else int(pending["pending"])  # NOGROUP
+        length = 0 if isinstance(length, Exception) else int(length)
+        bands.append({"band": band, "queued": max(0, length - busy), "running": busy})
     totals = {
         "queued": sum(b["queued"] for b in bands),
-        "running": len(running),
+        "running": sum(b["running"] for b in bands),
         "scheduled": int(scheduled),
         "delayed": int(delayed),
         "dead": int(dead),

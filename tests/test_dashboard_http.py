@@ -229,3 +229,16 @@ def test_page_has_no_inline_script_and_no_inner_html():
     assert "onclick=" not in html
     assert "innerHTML" not in script.replace("never innerHTML", "")
     assert "insertAdjacentHTML" not in script
+
+
+@pytest.mark.redis
+def test_snapshot_says_503_when_redis_is_down(redis_server, queues, client_for):
+    """With Redis gone, the API answers 503 with a message, and the server keeps serving."""
+    queue = queues()
+    client = client_for(queue)
+    assert client.get("/api/snapshot").status_code == 200
+    redis_server.kill()
+    reply = client.get("/api/snapshot")
+    assert reply.status_code == 503
+    assert "cannot reach Redis" in reply.json()["error"]
+    assert client.get("/").status_code == 200

@@ -215,8 +215,8 @@ function nodesTable(nodes) {
 async function poll() {
   try {
     const reply = await fetch(SNAPSHOT, { cache: "no-store", credentials: "omit" });
-    if (!reply.ok) throw new Error("HTTP " + reply.status);
-    const data = await reply.json();
+    const data = await reply.json().catch(() => ({}));
+    if (!reply.ok) throw new Error(data.error || "HTTP " + reply.status);
     readOnly = data.read_only;
     drawAccess();
     document.getElementById("queues").replaceChildren(
