@@ -40,6 +40,7 @@ from importlib import resources
 from typing import Any, Final
 
 from . import _inspect
+from ._errors import QueueUnavailableError
 
 __all__ = ["create_app"]
 
@@ -132,6 +133,10 @@ class _Actions:
             )
         return self._queues[name]
 
+    def forget(self, name: str) -> None:
+        """Drop the cached handle on queue ``name``."""
+        self._queues.pop(name, None)
+
     def job_of_entry(self, name: str, entry: str) -> str:
         """The job id of dead letter ``entry`` of queue ``name``."""
         got = self.client.xrange(f"{_inspect.prefix_of(name)}:dead", entry, entry)
@@ -181,6 +186,7 @@ def create_app(
     Returns:
         A Starlette application.
     """
+    import redis
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -207,8 +213,6 @@ def create_app(
         return Response(bodies[name], media_type=files[name])
 
     def api_snapshot(request: Request) -> Response:
-        import redis
-
         only = request.query_params.get("queue")
         try:
             data = _inspect.snapshot(client, None if only is None else [only])
@@ -231,6 +235,9 @@ def create_app(
                 message = getattr(actions, what)(name, target)
             except LookupError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
+            except (QueueUnavailableError, redis.ConnectionError, redis.TimeoutError) as exc:
+                actions.forget(name)  # its epoch may be gone: a new handle next time
+                return JSONResponse({"error": str(exc)}, status_code=503)
             log.info("dashboard: %s %s in %r: %s", what, target, name, message)
             return JSONResponse({"ok": True, "message": message})
 
