@@ -318,8 +318,14 @@ def _schedules(args: argparse.Namespace) -> int:
 
 def _inspect_command(args: argparse.Namespace) -> int:
     """``isopool status`` and ``isopool dashboard`` (in ``_status``)."""
-    import redis
-
+    try:
+        import redis
+    except ImportError:
+        print(
+            f"isopool {args.command} needs redis-py: pip install 'isopool[dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
     from . import _status
 
     try:

@@ -163,7 +163,7 @@ def render_plain(data: dict[str, Any]) -> list[str]:
     if not data["queues"]:
         lines.append("no queue in this Redis")
     for q in data["queues"]:
-        lines += [f"queue {q['name']}", "  " + _summary(q)]
+        lines += [f"queue {_printable(q['name'])}", "  " + _summary(q)]
         for title, headers, rows in _sections(q):
             if rows:
                 lines.append(f"  {title}:")
@@ -197,7 +197,7 @@ def _render_rich(data: dict[str, Any], out: TextIO) -> None:
 
     console = Console(file=out, highlight=False)
     for q in data["queues"]:
-        console.rule(Text(f"queue {q['name']}", style="bold"))
+        console.rule(Text(f"queue {_printable(q['name'])}", style="bold"))
         console.print(Text(_summary(q)))  # Text, not markup: names from Redis stay text
         for title, headers, rows in _sections(q):
             if not rows:
