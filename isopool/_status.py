@@ -243,6 +243,8 @@ def run_dashboard(
     app = create_app(client, url=url, token=token, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     where = "loopback only" if loopback else "REACHABLE FROM OTHER MACHINES"
+    if hosts == ["*"]:
+        where += "; any Host header accepted: --allow-host NAME refuses DNS rebinding"
     mode = "actions need the token" if token else "read-only (no --token)"
     print(f"isopool dashboard: http://{shown}:{port}/  ({where}; {mode})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -263,3 +263,14 @@ def test_status_on_a_terminal_draws_rich_tables_with_names_as_text(queues):
     assert "dead letters" in out
     assert "[bold red]markup[/]" in out
     assert "─" in out  # a rich rule or table border, not the plain layout
+
+
+@pytest.mark.redis
+def test_heartbeat_prunes_workers_silent_for_minutes(queues):
+    """A worker's beat removes entries silent for PRUNE_AFTER seconds, and keeps its own."""
+    queue = queues()
+    old = json.dumps({"host": "gone", "pid": 1, "beat": time.time() - _inspect.PRUNE_AFTER - 10})
+    queue.redis.hset(f"{queue.prefix}:workers", "gone:1:abc", old)
+    _inspect.Heartbeat(queue.redis, queue.prefix, "here:2:def", 1, 2).beat(0)
+    names = [w["name"] for w in queue_of(_inspect.snapshot(queue.redis), queue.name)["workers"]]
+    assert names == ["here:2:def"]
