@@ -229,8 +229,12 @@ def test_page_updates_when_jobs_finish(browser, board, queue, processes):
 
 
 def test_dead_letter_requeue_needs_the_token(browser, board, queue, processes):
-    """Requeue is refused without the token (the job stays dead) and works with it."""
+    """Requeue is refused on a GET and without the token (the job stays dead); works with it."""
     job = make_dead(queue, processes)
+    (entry,) = queue.redis.xrange(f"{queue.prefix}:dead")
+    browser.get(f"{board}api/queues/{queue.name}/dead/{entry[0].decode()}/requeue")  # a GET
+    assert "Method Not Allowed" in browser.page_source
+    assert job.status() == "dead"
     open_page(browser, board)
     row = f'[data-queue="{queue.name}"] tr[data-dead="{job.id}"]'
     until(browser, lambda: text(browser, row + " .reason") == "retries-exhausted", "dead row")
