@@ -25,7 +25,8 @@ A guide, in the order of Elixir's ``Task`` docs:
 # (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
-# supervisors) · _cli (the command line).
+# supervisors) · _cli (the command line) · _inspect (read-only snapshot of queues and
+# nodes) · _status (isopool status, dashboard) · _dashboard (the web app, _static/).
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The command line: ``isopool demo``, ``worker``, ``node``, ``dead-letters``, ``schedules``.
 
 ``worker`` serves a Redis queue (and declares its ``--cron`` schedules); ``schedules``
-lists them. The only module that prints.
+lists them. ``status`` and ``dashboard`` are parsed here and run in ``_status``. These
+two are the only modules that print.
 """
 
 from __future__ import annotations
@@ -183,7 +184,31 @@ def _parser() -> argparse.ArgumentParser:
     schedules.add_argument("--redis", required=True, help="Redis URL")
     schedules.add_argument("--queue", required=True, help="the queue's name")
     schedules.add_argument("--secret-file", default=None, help="file holding the signing secret")
+    _add_inspect_commands(commands)
     return parser
+
+
+def _add_inspect_commands(commands: Any) -> None:  # noqa: ANN401 - argparse's subparsers
+    status = commands.add_parser("status", help="show queues, workers and nodes")
+    status.add_argument("--redis", required=True, help="Redis URL")
+    status.add_argument("--queue", default=None, help="only this queue (default: all)")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    board = commands.add_parser("dashboard", help="serve a live web page of queues and nodes")
+    board.add_argument("--redis", required=True, help="Redis URL")
+    board.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    board.add_argument("--port", type=int, default=8731, help="port (8731)")
+    board.add_argument(
+        "--token",
+        default=None,
+        help="enable actions (requeue, delete, cancel) for who types this token; prefer "
+        "the ISOPOOL_DASHBOARD_TOKEN environment variable (a command line is visible in ps)",
+    )
+    board.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        help="a host name the page is reached by (behind a proxy); repeat for several",
+    )
 
 
 def _add_common(cmd: argparse.ArgumentParser) -> None:
@@ -216,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dead_letters(args)
     if args.command == "schedules":
         return _schedules(args)
+    if args.command in ("status", "dashboard"):
+        return _inspect_command(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -287,6 +314,27 @@ def _schedules(args: argparse.Namespace) -> int:
             f"next {when}{late}  last {last}"
         )
     return 0
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    """``isopool status`` and ``isopool dashboard`` (in ``_status``)."""
+    try:
+        import redis
+    except ImportError:
+        print(
+            f"isopool {args.command} needs redis-py: pip install 'isopool[dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
+    from . import _status
+
+    try:
+        if args.command == "status":
+            return _status.run_status(args.redis, args.queue, args.json, sys.stdout)
+        return _status.run_dashboard(args.redis, args.host, args.port, args.token, args.allow_host)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"isopool {args.command}: cannot reach Redis: {exc}", file=sys.stderr)
+        return 2
 
 
 def _node(args: argparse.Namespace) -> int:

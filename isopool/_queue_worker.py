@@ -10,6 +10,8 @@ One loop, one thread::
     every 0.5 s           -> look for cancel flags on running jobs: kill their processes
     every 0.2 s           -> PROMOTE due retries and due scheduled jobs into the streams
     every 1 s             -> FIRE due cron schedules (``_schedules``): one job per tick
+    every 1 s             -> BEAT (``_inspect``): this worker's entry in the queue's
+                             workers hash, and its per-minute outcome counts
     continually           -> FINISH each finished job: done, failed, retry (back-off),
                              cancelled, or dead-letter
 
@@ -33,6 +35,7 @@ import time
 import uuid
 from typing import Any, Final
 
+from . import _inspect
 from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
 from ._policy import backoff_delay
 from ._pool import Pool
@@ -98,6 +101,9 @@ class QueueWorker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lease_ms = int(queue.lease * 1000)
+        self._beat = _inspect.Heartbeat(
+            queue.redis, queue.prefix, self.consumer, self.pool.max_workers, self.capacity
+        )
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
@@ -115,6 +121,7 @@ class QueueWorker:
             self._loop()
             self._drain()
         finally:
+            self._beat.leave()
             self.pool.terminate()
 
     # -- the loop ----------------------------------------------------------------------
@@ -124,6 +131,7 @@ class QueueWorker:
             "promote": 0.0,
             "cancel": 0.0,
             "schedules": 0.0,
+            "beat": 0.0,
             "claim": 0.0,
             "renew": time.monotonic() + self.queue.lease / 3,
         }
@@ -147,6 +155,9 @@ class QueueWorker:
         if now >= timers["schedules"]:
             fire_due(self.queue, time.time())
             timers["schedules"] = now + _SCHEDULES_EVERY
+        if now >= timers["beat"]:
+            self._beat.beat(len(self._runs))
+            timers["beat"] = now + _inspect.BEAT_EVERY
         if now >= timers["cancel"]:
             self._check_cancels()
             timers["cancel"] = now + _CANCEL_EVERY
@@ -381,7 +392,9 @@ class QueueWorker:
             if _state_lost(exc):
                 raise
             return False
-        if not done:
+        if done:
+            self._beat.count(status)
+        else:
             log.warning(
                 "queue %r: result of job %s refused: another worker holds its lease",
                 self.queue.name,
