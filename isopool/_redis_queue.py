@@ -410,8 +410,9 @@ class RedisQueue:
 
     def requeue(self, job_id: str) -> bool:
         """Put a dead, failed or cancelled job back in its queue with fresh counters."""
+        streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
         with self.translate_errors():
-            return bool(self.script("requeue", job_id))
+            return bool(self.run("requeue", [self.job_key(job_id), *streams], job_id))
 
     def pending(self) -> int:
         """Jobs waiting in the streams (not yet delivered) across all bands."""
@@ -473,18 +474,22 @@ class RedisQueue:
             self.run("unique_release", keys, job_id, _now_ms())
 
     def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
-        """Run a script that declares its keys: the epoch key and its value come first."""
+        """Run script ``name`` on ``keys`` (every key it touches): the epoch key and
+        value come first. See ``_redis_lua`` for each script's KEYS and ARGV."""
         return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
+
+    def done_key(self, job_id: str) -> str:
+        """The wake-up list that ``Job.result`` waiters of ``job_id`` block on."""
+        return f"{self.prefix}:done:{job_id}"
+
+    def worker_keys(self, band: int, job_id: str) -> list[str]:
+        """KEYS of START and FINISH for job ``job_id`` in band ``band`` (after the epoch)."""
+        p, job = self.prefix, self.job_key(job_id)
+        return [self.stream(band), job, f"{p}:delayed", f"{p}:dead", self.done_key(job_id)]
 
     def context(self, job_id: str, kind: str) -> bytes:
         """What a signature binds a payload to: this queue, this job, this kind."""
         return f"{self.name}\0{job_id}\0{kind}".encode()
-
-    def script(self, name: str, *args: object) -> Any:  # noqa: ANN401 - a Redis reply
-        """Run one of the queue's Lua scripts with the prefix and epoch first."""
-        return self._scripts[name](
-            keys=[f"{self.prefix}:epoch"], args=[self.prefix, self.epoch, *args]
-        )
 
     @contextmanager
     def translate_errors(self) -> Iterator[None]:
