@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
+from ._errors import JobNotFoundError as JobNotFoundError
 from ._errors import MaxChildrenError as MaxChildrenError
 from ._errors import NodeDownError as NodeDownError
 from ._errors import PoolClosedError as PoolClosedError
@@ -110,6 +111,7 @@ __all__ = [
     "DeadLetter",
     "IsopoolError",
     "Job",
+    "JobNotFoundError",
     "JobOptions",
     "MaxChildrenError",
     "NodeDownError",

@@ -245,10 +245,15 @@ class QueueWorker:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
         try:
             body = self.queue.keys.verify(payload, self.queue.context(job_id, "call"))
-            opts = JobOptions.from_json(options)
         except (SignatureError, ValueError) as exc:
             log.error("queue %r: job %s refused: %s; dead-lettered", self.queue.name, job_id, exc)
             self._commit(band, entry, job_id, "dead", "", b"", 60.0, 0, "bad-signature")
+            return
+        try:
+            opts = JobOptions.from_json(options)
+        except (ValueError, TypeError) as exc:  # options are not signed: report them as such
+            log.error("queue %r: job %s has bad options: %s", self.queue.name, job_id, exc)
+            self._commit(band, entry, job_id, "dead", "", b"", 60.0, 0, f"bad-options: {exc}")
             return
         local = TaskOptions(timeout=opts.timeout, shutdown=5.0)
         monitor = self.pool._monitor

@@ -78,6 +78,8 @@ _LUA_ENQUEUE = (
     _LUA_EPOCH
     + """
 local id, now, due = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8])
+-- a client that lost the reply of its first try tries again: the job is in already
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'again', id} end
 if #KEYS >= 5 then
   local held = redis.call('GET', KEYS[5]) or ''
   if held ~= ARGV[9] then return {'retry', held} end

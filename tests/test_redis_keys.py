@@ -31,7 +31,7 @@ _STRICT_PRELUDE = """
 local declared = {}
 for _, k in ipairs(KEYS) do declared[k] = true end
 local first_key = {
-  DEL=1, EXPIRE=1, GET=1, HDEL=1, HEXISTS=1, HGET=1, HINCRBY=1, HMGET=1, HSET=1,
+  DEL=1, EXISTS=1, EXPIRE=1, GET=1, HDEL=1, HEXISTS=1, HGET=1, HINCRBY=1, HMGET=1, HSET=1,
   PERSIST=1, PEXPIRE=1, RPUSH=1, SET=1, XACK=1, XADD=1, XCLAIM=1, XDEL=1, XPENDING=1,
   XRANGE=1, ZADD=1, ZREM=1, ZSCORE=1,
 }

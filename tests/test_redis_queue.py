@@ -165,7 +165,7 @@ def test_job_result_ttl_expired_status_is_missing(redis_server, queues, processe
     job = queue.options(result_ttl=1).enqueue(ECHO, "short-lived")
     assert job.result(timeout=30) == "short-lived"
     assert wait_for(lambda: job.status() == "missing", timeout=15)
-    with pytest.raises(QueueUnavailableError, match="not in queue"):
+    with pytest.raises(isopool.JobNotFoundError, match="no job"):
         job.result(timeout=1)
 
 
