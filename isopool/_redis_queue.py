@@ -542,7 +542,12 @@ class RedisQueue:
         fit = max((b for b in _BOUNDS if b <= remaining), default=_BOUNDS[0])
         client = self._bounded.get(fit)
         if client is None:
-            client = _connect(self._connect_url, cluster=self.cluster, socket_timeout=fit)
+            # A cluster client starts from every node the main one knows: the URL's
+            # host may be the master that just died.
+            nodes = self.redis.get_nodes() if self.cluster else []
+            client = _connect(
+                self._connect_url, cluster=self.cluster, socket_timeout=fit, nodes=nodes
+            )
             self._bounded[fit] = client
         return client, fit
 
@@ -834,7 +839,13 @@ def _is_cluster_client(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def _connect(url: str, *, cluster: bool = False, socket_timeout: float = SOCKET_TIMEOUT) -> Any:  # noqa: ANN401 - redis.Redis or RedisCluster
+def _connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    socket_timeout: float = SOCKET_TIMEOUT,
+    nodes: list[Any] | None = None,
+) -> Any:  # noqa: ANN401 - redis.Redis or RedisCluster
     """A client for ``url``: ``redis.Redis``, or ``RedisCluster`` for a cluster URL."""
     try:
         import redis
@@ -859,6 +870,11 @@ def _connect(url: str, *, cluster: bool = False, socket_timeout: float = SOCKET_
         )
     # Failover: a dead master's connections fail, the client re-reads the slot map and
     # retries; our own retries (RedisQueue.retrying, the worker loop) cover the rest.
+    if nodes:
+        from redis.cluster import ClusterNode
+
+        # redis-py leaves ClusterNode.__init__ unannotated.
+        options["startup_nodes"] = [ClusterNode(n.host, n.port) for n in nodes]  # type: ignore[no-untyped-call]
     return RedisCluster.from_url(plain, **options)
 
 
