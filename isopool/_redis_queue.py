@@ -39,8 +39,10 @@ the core of isopool works without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -96,6 +98,10 @@ SOCKET_TIMEOUT: Final = 30.0  # the longest any one Redis reply may take (s)
 # it much past its deadline (one client, one connection pool per value, made lazily).
 _BOUNDS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _RETRY_CAP: Final = 0.5  # the longest pause between tries of a call that must finish
+# How long an enqueue waits for a replica to have the job (Redis WAIT). A replica on
+# the same network acknowledges within a millisecond; 100 ms bounds what a missing or
+# lagging replica costs each enqueue (and is logged).
+_WAIT_MS: Final = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,6 +226,10 @@ class RedisQueue:
             ``Job.cancel``...) may keep retrying an unreachable or stalled Redis
             (a restart, a failover) before it raises ``QueueUnavailableError``
             (default 30). ``Job.result(timeout=T)`` keeps to its own ``T``.
+        replicas: How many replicas must have a new job before ``enqueue`` returns
+            (Redis ``WAIT``, up to 100 ms; a shortfall is logged, not raised), so
+            that a failover right after it cannot lose the job. Default: 1 on a
+            cluster, 0 otherwise. Pass 0 for a cluster without replicas.
 
     Raises:
         ValueError: no secret, a bad option, or a database number the server does
@@ -241,6 +251,7 @@ class RedisQueue:
         client: redis.Redis | None = None,
         cluster: bool = False,
         redis_timeout: float = SOCKET_TIMEOUT,
+        replicas: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or any(c in name for c in "{}"):
             raise ValueError(f"name must be a non-empty string without braces, got {name!r}")
@@ -259,6 +270,9 @@ class RedisQueue:
         self._names: dict[str, None] = {}
         # Typed Any: redis-py's reply types depend on decode_responses (we use bytes).
         self.cluster = cluster or is_cluster_url(url) or _is_cluster_client(client)
+        if replicas is None:
+            replicas = 1 if self.cluster else 0
+        self.replicas = check_positive_int("replicas", replicas, allow_zero=True)
         self._bounded: dict[float, Any] = {}
         self._connect_url = None if client is not None else url
         self.redis: Any = client if client is not None else _connect(url, cluster=self.cluster)
@@ -409,7 +423,8 @@ class RedisQueue:
         def attempt(r: Any) -> Any:  # noqa: ANN401 - a Redis reply
             held = "" if unique is None else _text(r.get(unique) or b"")
             extra = [] if unique is None else [unique, self.job_key(held)] if held else [unique]
-            return self.run(
+            run = self.run if not self.replicas else functools.partial(self.replicated, r)
+            return run(
                 "enqueue",
                 [*keys, *extra],
                 job_id,
@@ -530,6 +545,43 @@ class RedisQueue:
         return self._scripts[name](
             keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args], client=client
         )
+
+    def replicated(
+        self,
+        r: Any,  # noqa: ANN401 - redis.Redis or RedisCluster
+        name: str,
+        keys: list[str],
+        *args: object,
+        client: Any = None,  # noqa: ANN401 - unused: the script runs on the keys' master
+    ) -> Any:  # noqa: ANN401 - a Redis reply
+        """Run script ``name``, then WAIT for ``replicas`` replicas to have its writes.
+
+        WAIT counts the writes of its own connection, so both go in one pipeline on
+        the connection of the master that holds ``keys`` (one slot: one master).
+        """
+        import redis
+
+        node = r.get_node_from_key(keys[0]).redis_connection if self.cluster else r
+        pipe = node.pipeline(transaction=False)
+        self.run(name, keys, *args, client=pipe)
+        pipe.execute_command("WAIT", self.replicas, _WAIT_MS)
+        try:
+            reply, acked = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError):
+            if self.cluster:  # a failover moved the slot: read the map again, then retry
+                with contextlib.suppress(Exception):
+                    r.nodes_manager.initialize()
+            raise
+        if int(acked) < self.replicas:
+            log.warning(
+                "queue %r: %d of %d replicas had the job after %d ms; a failover now "
+                "could lose it (pass replicas=0 if the servers have no replicas)",
+                self.name,
+                int(acked),
+                self.replicas,
+                _WAIT_MS,
+            )
+        return reply
 
     def bounded(self, remaining: float | None) -> tuple[Any, float]:
         """A client whose socket time-out fits in ``remaining`` seconds, and that time-out.
@@ -919,6 +971,7 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
         e.TryAgainError,  # a slot is being moved
         e.RedisClusterException,  # no node answers, or a slot has no node
         e.ClusterError,  # the cluster client ran out of redirections
+        e.MovedError,  # only from a node's own client (``replicated``): the slot moved
     )
 
 

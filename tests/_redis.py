@@ -398,6 +398,9 @@ class RedisCluster:
                 *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
                 *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
                 *("--appendonly", "yes", "--appendfsync", "everysec"),
+                # Sync a new replica at once (the default waits 5 s for more), and let a
+                # replica take over however long its master has been silent.
+                *("--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -424,9 +427,30 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
-        if not self.wait_ok(self.ports):
+        if not (self.wait_ok(self.ports) and self.wait_synced()):
             raise RuntimeError(f"the cluster did not form; see the logs under {self.dir}")
         return self
+
+    def wait_synced(self, timeout: float = _CLUSTER_TIMEOUT) -> bool:
+        """Wait until every live replica's link to its master is up (it has its data)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = []
+            for port in self.live():
+                done = subprocess.run(
+                    ["redis-cli", "-p", str(port), "info", "replication"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
+                infos.append(done.stdout)
+            replicas = [i for i in infos if "role:slave" in i]
+            if len(replicas) == self.SIZE // 2 and all(
+                "master_link_status:up" in i for i in replicas
+            ):
+                return True
+            time.sleep(0.05)
+        return False
 
     def info(self, port: int, *args: str) -> str:
         """``redis-cli -p PORT cluster ARGS`` (e.g. info, nodes), or "" if it does not answer."""
@@ -469,13 +493,17 @@ class RedisCluster:
     def live(self) -> list[int]:
         return [p for p in self.ports if self.procs[p].poll() is None]
 
-    def wait_ok(self, ports: list[int], timeout: float = _CLUSTER_TIMEOUT) -> bool:
-        """Wait until every node of ``ports`` says cluster_state:ok and sees 3 masters."""
+    def wait_ok(
+        self, ports: list[int], timeout: float = _CLUSTER_TIMEOUT, without: int | None = None
+    ) -> bool:
+        """Wait until every node of ``ports`` says cluster_state:ok and sees 3 masters
+        (none of them ``without``: a killed master whose replica must take over)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = [self.info(p, "info") for p in ports]
+            views = [self.masters(p) for p in ports]
             if all("cluster_state:ok" in s for s in states) and all(
-                len(self.masters(p)) == 3 for p in ports
+                len(v) == 3 and without not in v for v in views
             ):
                 return True
             time.sleep(0.05)
