@@ -162,4 +162,4 @@ def test_cluster_master_sigkilled_mid_run_every_job_completes_or_is_reported(
     assert queue.pending() == 0
     assert sum(queue.redis.xpending(queue.stream(b), "workers")["pending"] for b in range(10)) == 0
     rerun = [i for i in range(len(jobs)) if runs(marks / str(i)) > 1]
-    print(f"after the failover: {outcomes}; run more than once (lease lapsed in the failover): {rerun}")
+    print(f"after the failover: {outcomes}; run again (lease lapsed in the failover): {rerun}")
