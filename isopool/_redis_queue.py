@@ -32,6 +32,17 @@ first one comes back, once. A unique key is taken in the enqueue script itself: 
 holds while its job is not final, and ``unique_for`` after the job's ``ended`` time;
 two clients racing on one key get the same job id.
 
+Redis Cluster (``redis+cluster://`` or ``cluster=True``: redis-py's ``RedisCluster``):
+a queue is one slot, every script declares its keys (``_redis_lua``), and no multi-key
+command or pipeline spans two queues. Replication is asynchronous, so on a cluster
+``enqueue`` waits (``WAIT``) for a replica to have the job before it returns; the
+workers' writes do not wait, since losing one re-runs a job and never loses it.
+
+Every client call has a deadline (``Job.result``'s ``timeout``, else ``redis_timeout``
+from the first failure): each try runs on a client whose socket time-out fits in the
+time left (``bounded``), and lost connections are retried until then (``retrying``),
+so a stalled or failing-over Redis holds no caller past its deadline.
+
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
 their kind, and verified before anything is unpickled. Redis is imported lazily:
 the core of isopool works without it.
@@ -61,6 +72,18 @@ from ._errors import (
     SignatureError,
     TaskCrashError,
 )
+from ._redis_connect import (
+    SOCKET_TIMEOUT,
+    _is_cluster_client,
+    _naming_database,
+    _redact,
+    _refused,
+    _state_lost,
+    _unreachable_errors,
+    _warn_if_volatile,
+    is_cluster_url,
+)
+from ._redis_connect import connect as _connect
 from ._redis_lua import SCRIPTS as _SCRIPTS
 from ._schedules import Schedule
 from ._signing import Keyring
@@ -92,7 +115,6 @@ _UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under i
 # Redis refuses a string value over 512 MB (proto-max-bulk-len); a payload over it is
 # refused before it is sent, naming its size. Tests lower it.
 MAX_PAYLOAD_BYTES: Final = 512 * 1024 * 1024
-SOCKET_TIMEOUT: Final = 30.0  # the longest any one Redis reply may take (s)
 # Socket time-outs of the extra clients that bound a call by its caller's deadline: a
 # call with R seconds left uses the longest one under R, so a stalled Redis cannot hold
 # it much past its deadline (one client, one connection pool per value, made lazily).
@@ -875,134 +897,6 @@ def _redis_error(message: str) -> Exception:
     return redis.ResponseError(message)
 
 
-_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-
-def is_cluster_url(url: str) -> bool:
-    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
-    return url.partition("://")[0].lower() in _CLUSTER_SCHEMES
-
-
-def _is_cluster_client(client: object) -> bool:
-    if client is None:
-        return False
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
-
-
-def _connect(
-    url: str,
-    *,
-    cluster: bool = False,
-    socket_timeout: float = SOCKET_TIMEOUT,
-    nodes: list[Any] | None = None,
-) -> Any:  # noqa: ANN401 - redis.Redis or RedisCluster
-    """A client for ``url``: ``redis.Redis``, or ``RedisCluster`` for a cluster URL."""
-    try:
-        import redis
-        from redis.cluster import RedisCluster
-    except ImportError as exc:
-        raise ImportError(
-            "isopool's Redis queue needs redis-py: pip install 'isopool[redis]'"
-        ) from exc
-    scheme, sep, rest = url.partition("://")
-    plain = f"{_CLUSTER_SCHEMES.get(scheme.lower(), scheme)}{sep}{rest}"
-    options: dict[str, Any] = {
-        "socket_connect_timeout": min(5.0, socket_timeout),
-        "socket_timeout": socket_timeout,
-    }
-    if not (cluster or is_cluster_url(url)):
-        return redis.Redis.from_url(plain, health_check_interval=10, **options)
-    db = _database(plain)
-    if db not in (None, 0):
-        raise ValueError(
-            f"a Redis Cluster has only database 0, but the URL {_redact(url)} asks for "
-            f"database {db}"
-        )
-    # Failover: a dead master's connections fail, the client re-reads the slot map and
-    # retries; our own retries (RedisQueue.retrying, the worker loop) cover the rest.
-    if nodes:
-        from redis.cluster import ClusterNode
-
-        # redis-py leaves ClusterNode.__init__ unannotated.
-        options["startup_nodes"] = [ClusterNode(n.host, n.port) for n in nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster.from_url(plain, **options)
-
-
-def _database(url: str) -> int | None:
-    """The database number in ``url`` (its path or ``?db=``), or None."""
-    from urllib.parse import parse_qs, urlparse
-
-    parsed = urlparse(url)
-    raw = parse_qs(parsed.query).get("db", [parsed.path.strip("/")])[0]
-    try:
-        return int(raw) if raw else None
-    except ValueError:
-        return None
-
-
-@contextmanager
-def _naming_database(url: str) -> Iterator[None]:
-    """Turn a SELECT the server refuses into a ValueError naming the database number."""
-    import redis
-
-    try:
-        yield
-    except redis.ResponseError as exc:
-        if "DB index is out of range" not in str(exc):
-            raise
-        raise ValueError(
-            f"the Redis at {_redact(url)} has no database {_database(url)} (the server's "
-            "'databases' setting bounds the number, 16 by default): use another "
-            "number in the URL or raise that setting"
-        ) from exc
-
-
-def _unreachable_errors() -> tuple[type[BaseException], ...]:
-    """redis-py's errors that mean "not reachable right now", cluster ones included."""
-    import redis
-    from redis import exceptions as e
-
-    return (
-        redis.ConnectionError,
-        redis.TimeoutError,
-        e.ClusterDownError,  # a master failed and no replica took over yet
-        e.TryAgainError,  # a slot is being moved
-        e.RedisClusterException,  # no node answers, or a slot has no node
-        e.ClusterError,  # the cluster client ran out of redirections
-        e.MovedError,  # only from a node's own client (``replicated``): the slot moved
-    )
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether Redis refused our credentials (no retry will help)."""
-    import redis
-
-    return isinstance(
-        exc.__cause__, redis.AuthenticationError | redis.exceptions.AuthorizationError
-    )
-
-
-def _state_lost(exc: QueueUnavailableError) -> bool:
-    """Whether ``exc`` says Redis lost the queue's state (not worth a retry)."""
-    return "lost the state" in str(exc)
-
-
-def _warn_if_volatile(r: redis.Redis, name: str) -> None:
-    try:
-        config = r.config_get("appendonly")
-        config.update(r.config_get("save"))
-    except Exception:  # CONFIG may be refused to an ACL user: then we cannot tell
-        return
-    if config.get("appendonly") in ("no", b"no") and not config.get("save"):
-        log.warning(
-            "queue %r: Redis persistence is off (no AOF, no RDB snapshots): a restart of "
-            "the server loses every queued job; enable appendonly for a durable queue",
-            name,
-        )
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -1030,10 +924,3 @@ def _due_at(when: object) -> float:
     if not math.isfinite(when):
         raise ValueError(f"when must be a finite Unix time, got {when!r}")
     return float(when)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -74,7 +74,7 @@ class Cluster:
         secret_file: str | None,
         cluster: bool = False,
     ) -> None:
-        from ._redis_queue import _connect
+        from ._redis_connect import connect as _connect
         from ._signing import Keyring
 
         self.url = url
