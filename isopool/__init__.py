@@ -24,6 +24,7 @@ A guide, in the order of Elixir's ``Task`` docs:
 # _many (await_many, yield_many, as_completed) · _progress (progress=) · _usage
 # (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
+# _redis_lua (its scripts) · _redis_connect (Redis or Redis Cluster clients) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
 # supervisors) · _cli (the command line).
 

@@ -515,7 +515,10 @@ class RedisQueue:
                 raise _redis_error("ISOPOOL_EPOCH queue state lost")
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools (the queue's, and those of its bounded clients)."""
+        for client in self._bounded.values():
+            client.close()
+        self._bounded.clear()
         self.redis.close()
 
     # -- shared with Job and the worker -------------------------------------------------
