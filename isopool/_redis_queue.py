@@ -632,23 +632,21 @@ class RedisQueue:
         """``call(client)`` until it succeeds; QueueUnavailableError once it cannot in time.
 
         Each try gets a client whose socket time-out fits in what is left before
-        ``deadline`` (a ``time.monotonic()`` value); without one, the queue's
-        ``redis_timeout`` counts from the first failure. A lost or refused
-        connection (a restart, a failover, a stall) is tried again after a short
-        pause; a lost queue state or any other error is raised at once.
+        ``deadline`` (a ``time.monotonic()`` value; default: ``redis_timeout`` from
+        now). A lost or refused connection (a restart, a failover, a stall) is tried
+        again after a short pause; a lost queue state or any other error is raised
+        at once.
         """
-        pause, give_up = 0.02, deadline
+        pause = 0.02
+        give_up = time.monotonic() + self.redis_timeout if deadline is None else deadline
         while True:
-            remaining = None if give_up is None else give_up - time.monotonic()
-            client, _bound = self.bounded(remaining)
+            client, _bound = self.bounded(give_up - time.monotonic())
             try:
                 with self.translate_errors():
                     return call(client)
             except QueueUnavailableError as exc:
                 if _state_lost(exc) or _refused(exc):
                     raise
-                if give_up is None:
-                    give_up = time.monotonic() + self.redis_timeout
                 left = give_up - time.monotonic()
                 if left <= 0:
                     raise
@@ -838,8 +836,8 @@ class Job:
             SignatureError: the stored result's signature is wrong (it is never
                 unpickled).
             JobNotFoundError: no job has this id (never enqueued, or expired).
-            QueueUnavailableError: Redis was unreachable until the deadline (or, with
-                no ``timeout``, for the queue's ``redis_timeout``), or lost the job.
+            QueueUnavailableError: Redis was unreachable until the deadline (with no
+                ``timeout``: for the queue's ``redis_timeout``), or lost the job.
             BaseException: what the job raised, or the isopool error that ended it
                 (TaskCrashError, TaskTimeoutError, RestartLimitError...).
         """

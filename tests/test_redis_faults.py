@@ -68,10 +68,15 @@ def test_job_result_timeout_while_redis_stalled_raises_queue_unavailable(
 def test_enqueue_while_redis_stalled_raises_after_redis_timeout(redis_server, queues, stalled):
     """enqueue with redis_timeout=1 while Redis is stopped raises QueueUnavailableError."""
     queue = queues(redis_timeout=1.0)
+    before = queue.enqueue(ECHO, "before")
     with stalled:
         started = time.monotonic()
         with pytest.raises(QueueUnavailableError):
             queue.enqueue(ECHO, "stalled")
+        assert time.monotonic() - started < 10 * 1
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailableError):
+            before.status()
         assert time.monotonic() - started < 10 * 1
     job = queue.enqueue(ECHO, "after")
     assert job.status() == "queued"
