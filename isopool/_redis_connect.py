@@ -130,9 +130,9 @@ def _refused(exc: BaseException) -> bool:
     """Whether Redis refused our credentials (no retry will help)."""
     import redis
 
-    return isinstance(
-        exc.__cause__, redis.AuthenticationError | redis.exceptions.AuthorizationError
-    )
+    # AuthorizationError (a refused ACL) is newer than redis-py 5.0.
+    refused = getattr(redis.exceptions, "AuthorizationError", redis.AuthenticationError)
+    return isinstance(exc.__cause__, redis.AuthenticationError | refused)
 
 
 def _state_lost(exc: QueueUnavailableError) -> bool:

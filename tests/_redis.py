@@ -5,6 +5,10 @@ runner, on 127.0.0.1 with a free port, and is always terminated and reaped; so a
 ``isopool worker`` and ``isopool node`` processes a test starts (each leads its own
 process group, so a test can SIGKILL or SIGSTOP the whole worker at once).
 
+``redis_cluster`` is the exception to "per test": six cluster-enabled redis-servers
+(three masters, three replicas) take a few seconds to form, so one cluster serves a
+whole test module, and is always terminated and reaped after it.
+
 tests/conftest.py loads this module as a plugin, so every test can ask for them by name.
 """
 
