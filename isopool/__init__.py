@@ -24,6 +24,7 @@ A guide, in the order of Elixir's ``Task`` docs:
 # _many (await_many, yield_many, as_completed) · _progress (progress=) · _usage
 # (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
+# _redis_lua (its scripts) · _redis_connect (Redis or Redis Cluster clients) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
 # supervisors) · _cli (the command line) · _inspect (read-only snapshot of queues and
 # nodes) · _status (isopool status, dashboard) · _dashboard (the web app, _static/).
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
+from ._errors import JobNotFoundError as JobNotFoundError
 from ._errors import MaxChildrenError as MaxChildrenError
 from ._errors import NodeDownError as NodeDownError
 from ._errors import PoolClosedError as PoolClosedError
@@ -111,6 +113,7 @@ __all__ = [
     "DeadLetter",
     "IsopoolError",
     "Job",
+    "JobNotFoundError",
     "JobOptions",
     "MaxChildrenError",
     "NodeDownError",

@@ -148,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     demo_cmd = commands.add_parser("demo", help="show isolation, time-outs and restarts")
     demo_cmd.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     worker = commands.add_parser("worker", help="run jobs from a Redis queue")
-    worker.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
+    worker.add_argument(
+        "--redis",
+        required=True,
+        help="Redis URL (redis://, rediss://; redis+cluster:// for a Redis Cluster)",
+    )
     worker.add_argument("--queue", required=True, help="the queue's name")
     worker.add_argument(
         "--cron",
@@ -161,7 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(worker)
     node = commands.add_parser("node", help="serve named supervisors to other machines")
     node.add_argument("--name", required=True, help="this node's name, unique among live nodes")
-    node.add_argument("--redis", required=True, help="Redis URL (redis:// or rediss://)")
+    node.add_argument(
+        "--redis",
+        required=True,
+        help="Redis URL (redis://, rediss://; redis+cluster:// for a Redis Cluster)",
+    )
     node.add_argument(
         "--supervisor",
         action="append",

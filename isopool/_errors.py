@@ -19,6 +19,7 @@
     ├── MaxChildrenError          also RuntimeError; a TaskSupervisor is at max_children
     ├── NodeDownError             also ConnectionError; a remote node is gone
     ├── UnknownSupervisorError    also LookupError; no supervisor by that name (noproc)
+    ├── JobNotFoundError          also LookupError; no job by that id in the queue
     └── QueueUnavailableError     also ConnectionError; the shared queue is unreachable
 
     Shutdown(IsopoolError)        not an error: a task raises it to exit *normally*
@@ -54,6 +55,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "BrokenPoolError",
     "IsopoolError",
+    "JobNotFoundError",
     "MaxChildrenError",
     "NodeDownError",
     "PoolClosedError",
@@ -317,6 +319,13 @@ class NodeDownError(IsopoolError, ConnectionError):
 
 class UnknownSupervisorError(IsopoolError, LookupError):
     """A node runs no supervisor of that name (Elixir's ``:noproc``)."""
+
+
+class JobNotFoundError(IsopoolError, LookupError):
+    """No job by that id in the queue: never enqueued, or expired after its result_ttl.
+
+    A queue whose Redis lost its data says so with ``QueueUnavailableError`` instead.
+    """
 
 
 class QueueUnavailableError(IsopoolError, ConnectionError):

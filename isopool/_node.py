@@ -111,6 +111,9 @@ class Node:
         secret / secret_file: The signing secret (see ``RedisQueue``).
         lease: The job lease in seconds.
         drain: On stop, seconds to let running calls finish before handing them back.
+        cluster: The URL names a Redis Cluster (implied by ``redis+cluster://``). The
+            registry's keys (``isopool:nodes``, ``isopool:node:NAME:alive``) are only
+            ever used one at a time, so they need no common hash tag.
 
     Raises:
         ValueError: another live node has this name, or a bad option.
@@ -127,6 +130,7 @@ class Node:
         secret_file: str | None = None,
         lease: float = 30.0,
         drain: float = 30.0,
+        cluster: bool = False,
     ) -> None:
         if not name or any(c in name for c in "{}:. "):
             raise ValueError(f"node name must be a word without '{{}}:. ', got {name!r}")
@@ -142,6 +146,7 @@ class Node:
                 secret=secret,
                 secret_file=secret_file,
                 lease=lease,
+                cluster=cluster,
             )
             for spec in supervisors
         ]

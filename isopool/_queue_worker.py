@@ -186,7 +186,7 @@ class QueueWorker:
     def _fetch(self, room: int, block_ms: int | None) -> None:
         """Take up to ``room`` new entries, most urgent band first."""
         r: Any = self.queue.redis
-        got: list[tuple[int, str]] = []
+        got: list[tuple[int, str, str]] = []
         with self.queue.translate_errors():
             for band in range(MAX_PRIORITY + 1):
                 reply = r.xreadgroup(
@@ -198,8 +198,8 @@ class QueueWorker:
             if not got and block_ms is not None and not self._stopping.is_set():
                 streams = {self.queue.stream(b): ">" for b in range(MAX_PRIORITY + 1)}
                 got = _entries(r.xreadgroup(GROUP, self.consumer, streams, count=1, block=block_ms))
-        for band, entry in got:
-            self._start(band, entry, claim_ms=-1)
+        for band, entry, job_id in got:
+            self._start(band, entry, job_id, claim_ms=-1)
 
     def _claim_stale(self) -> None:
         """Take over entries whose holder stopped renewing (a dead or paused worker)."""
@@ -214,12 +214,29 @@ class QueueWorker:
                 # Our own entries count too: one delivered to us whose reply was lost
                 # (a dropped connection) is not in _runs and would never run.
                 if entry not in self._runs:
-                    self._start(band, entry, claim_ms=self._lease_ms)
+                    self._claim(band, entry)
 
-    def _start(self, band: int, entry: str, claim_ms: int) -> None:
+    def _claim(self, band: int, entry: str) -> None:
+        """Claim one stale entry: read its job id (START must declare the job's key)."""
+        stream = self.queue.stream(band)
         with self.queue.translate_errors():
-            reply = self.queue.script(
-                "start", band, entry, self.consumer, self.queue.max_deliveries, _now_ms(), claim_ms
+            fields = self.queue.redis.xrange(stream, entry, entry)
+            if not fields:  # its data is gone: nothing can run; drop the pending entry
+                self.queue.redis.xack(stream, GROUP, entry)
+                return
+        self._start(band, entry, _text(fields[0][1][b"id"]), claim_ms=self._lease_ms)
+
+    def _start(self, band: int, entry: str, job_id: str, claim_ms: int) -> None:
+        with self.queue.translate_errors():
+            reply = self.queue.run(
+                "start",
+                self.queue.worker_keys(band, job_id),
+                entry,
+                self.consumer,
+                self.queue.max_deliveries,
+                _now_ms(),
+                claim_ms,
+                job_id,
             )
         verdict = _text(reply[0])
         if verdict == "dead":
@@ -239,10 +256,15 @@ class QueueWorker:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
         try:
             body = self.queue.keys.verify(payload, self.queue.context(job_id, "call"))
-            opts = JobOptions.from_json(options)
         except (SignatureError, ValueError) as exc:
             log.error("queue %r: job %s refused: %s; dead-lettered", self.queue.name, job_id, exc)
             self._commit(band, entry, job_id, "dead", "", b"", 60.0, 0, "bad-signature")
+            return
+        try:
+            opts = JobOptions.from_json(options)
+        except (ValueError, TypeError) as exc:  # options are not signed: report them as such
+            log.error("queue %r: job %s has bad options: %s", self.queue.name, job_id, exc)
+            self._commit(band, entry, job_id, "dead", "", b"", 60.0, 0, f"bad-options: {exc}")
             return
         local = TaskOptions(timeout=opts.timeout, shutdown=5.0)
         monitor = self.pool._monitor
@@ -257,22 +279,18 @@ class QueueWorker:
         runs = [run for run in self._runs.values() if not run.task.done() and not run.lost]
         if not runs:
             return
+        # One call per run, not a pipeline of scripts: a cluster pipeline cannot load a
+        # script that a newly promoted master does not have (NOSCRIPT); a call can.
         with self.queue.translate_errors():
-            pipe = self.queue.redis.pipeline(transaction=False)
-            for run in runs:
-                self.queue._scripts["renew"](
-                    keys=[f"{self.queue.prefix}:epoch"],
-                    args=[
-                        self.queue.prefix,
-                        self.queue.epoch,
-                        run.band,
-                        run.entry,
-                        self.consumer,
-                        run.job_id,
-                    ],
-                    client=pipe,
+            replies = [
+                self.queue.run(
+                    "renew",
+                    [self.queue.stream(run.band), self.queue.job_key(run.job_id)],
+                    run.entry,
+                    self.consumer,
                 )
-            replies = pipe.execute()
+                for run in runs
+            ]
         for run, reply in zip(runs, replies, strict=True):
             if reply == 0:
                 log.warning(
@@ -374,9 +392,9 @@ class QueueWorker:
         """Run FINISH; False if Redis is unreachable (the caller retries later)."""
         try:
             with self.queue.translate_errors():
-                done = self.queue.script(
+                done = self.queue.run(
                     "finish",
-                    band,
+                    self.queue.worker_keys(band, job_id),
                     entry,
                     self.consumer,
                     job_id,
@@ -422,11 +440,12 @@ class QueueWorker:
             del self._runs[entry]
 
 
-def _entries(reply: Any) -> list[tuple[int, str]]:  # noqa: ANN401 - a Redis reply
-    out: list[tuple[int, str]] = []
+def _entries(reply: Any) -> list[tuple[int, str, str]]:  # noqa: ANN401 - a Redis reply
+    """(band, entry, job id) of each entry in an XREADGROUP reply."""
+    out: list[tuple[int, str, str]] = []
     for stream, messages in reply or []:
         band = int(_text(stream).rsplit(":", 1)[1])
-        out.extend((band, _text(entry)) for entry, _fields in messages)
+        out.extend((band, _text(entry), _text(fields[b"id"])) for entry, fields in messages)
     return out
 
 

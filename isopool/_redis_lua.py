@@ -2,9 +2,28 @@
 
 Kept apart from ``_redis_queue`` (the client API) because they are the protocol: every
 script first checks the queue's epoch, and the ones a worker calls check that it still
-owns the job's stream entry. The older scripts (start, renew, finish, requeue) still
-compute some keys from the prefix; enqueue, promote, cancel and the schedule scripts
-declare every key in KEYS, as Redis Cluster needs.
+owns the job's stream entry.
+
+Every key a script touches is declared in KEYS; no script builds a key name. Redis
+Cluster routes a script by its KEYS (and a script that touches another key is wrong
+there: it may be on another node, and strict servers refuse it), and the tests run every
+script behind a Lua prelude that refuses any command on an undeclared key. All of a
+queue's keys share the hash tag ``{NAME}``, so every script's keys are in one slot. Where
+a key depends on data only the server holds, the client reads first and the script
+re-checks, or the script declares every candidate:
+
+- START needs the job id of a stream entry, to name the job's hash. ``XREADGROUP``
+  returns it with the entry; a claim of a stale entry reads it with ``XRANGE``. Stream
+  entries are immutable, so the id cannot change in between; the script checks it
+  anyway and refuses a mismatch.
+- PROMOTE moves jobs whose ids the client read from the delayed and scheduled sets
+  (``ZRANGEBYSCORE``); the script re-checks each id's score and status, so a job
+  cancelled or promoted by another worker in between is skipped. A job's band is in its
+  hash, so the script declares all ten band streams.
+- REQUEUE likewise declares all ten band streams; a released job (FINISH) goes back to
+  the stream its entry came from, which is always its band's.
+- ENQUEUE with a unique key reads the key's holder first and passes the holder's hash;
+  the script retries the read if the holder changed.
 """
 
 from __future__ import annotations
@@ -18,11 +37,18 @@ __all__ = ["SCRIPTS"]
 # -- the server-side steps ------------------------------------------------------------
 # Every script first checks the epoch (the server still has this queue's state), and
 # the ones a worker calls check that it owns the job's entry in the pending list.
+# Every script starts with KEYS[1] = the epoch key and ARGV[1] = the epoch.
 
-_LUA_PRELUDE = """
-local prefix = ARGV[1]
-local epoch = redis.call('GET', prefix .. ':epoch')
-if epoch ~= ARGV[2] then return redis.error_reply('ISOPOOL_EPOCH queue state lost') end
+_LUA_EPOCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
+end
+"""
+
+# The helpers of the worker's scripts; they take every key they touch as an argument.
+_LUA_WORKER = (
+    _LUA_EPOCH
+    + """
 local function owns(stream, entry, consumer)
   local p = redis.call('XPENDING', stream, 'workers', entry, entry, 1)
   return p[1] ~= nil and p[1][2] == consumer
@@ -31,25 +57,17 @@ local function drop(stream, entry)
   redis.call('XACK', stream, 'workers', entry)
   redis.call('XDEL', stream, entry)
 end
-local function notify(id)
-  local key = prefix .. ':done:' .. id
-  redis.call('RPUSH', key, '1')
-  redis.call('EXPIRE', key, 300)
+local function notify(done)
+  redis.call('RPUSH', done, '1')
+  redis.call('EXPIRE', done, 300)
 end
-local function dead(job, id, reason, now)
+local function dead(job, deadletters, done, id, reason, now)
   redis.call('HSET', job, 'status', 'dead', 'reason', reason, 'ended', now)
-  redis.call('XADD', prefix .. ':dead', '*', 'id', id, 'reason', reason, 'at', now)
-  notify(id)
+  redis.call('XADD', deadletters, '*', 'id', id, 'reason', reason, 'at', now)
+  notify(done)
 end
 """
-
-# The scripts below declare every key they touch in KEYS (Redis Cluster routes by them,
-# and strict servers refuse undeclared keys); the client reads what it must first.
-_LUA_EPOCH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
-end
-"""
+)
 
 # KEYS: epoch job stream(band) scheduled [unique held-job]
 # ARGV: epoch id payload name band options now due_ms held unique_for_ms key
@@ -60,6 +78,8 @@ _LUA_ENQUEUE = (
     _LUA_EPOCH
     + """
 local id, now, due = ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[8])
+-- a client that lost the reply of its first try tries again: the job is in already
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'again', id} end
 if #KEYS >= 5 then
   local held = redis.call('GET', KEYS[5]) or ''
   if held ~= ARGV[9] then return {'retry', held} end
@@ -87,20 +107,25 @@ return {'queued', id}
 """
 )
 
-# ARGV: prefix epoch band entry consumer max_deliveries now claim_min_idle_ms(-1: no claim)
+# KEYS: epoch stream job delayed dead done   (stream: the entry's band; job, done: its
+# id's; the same KEYS as FINISH, though START touches no delayed set)
+# ARGV: epoch entry consumer max_deliveries now claim_min_idle_ms(-1: no claim) id
+# The caller read the job id from the entry (XREADGROUP gives it; a claim reads it with
+# XRANGE first): stream entries never change, and the script checks it is the same.
 _LUA_START = (
-    _LUA_PRELUDE
+    _LUA_WORKER
     + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-local entry, consumer = ARGV[4], ARGV[5]
-if tonumber(ARGV[8]) >= 0 then
-  local got = redis.call('XCLAIM', stream, 'workers', consumer, ARGV[8], entry)
+local stream, job, done = KEYS[2], KEYS[3], KEYS[6]
+local entry, consumer, id, now = ARGV[2], ARGV[3], ARGV[7], ARGV[5]
+if tonumber(ARGV[6]) >= 0 then
+  local got = redis.call('XCLAIM', stream, 'workers', consumer, ARGV[6], entry)
   if #got == 0 then return {'lost'} end
 end
 local fields = redis.call('XRANGE', stream, entry, entry)
 if #fields == 0 then redis.call('XACK', stream, 'workers', entry) return {'gone'} end
-local id = fields[1][2][2]
-local job = prefix .. ':job:' .. id
+if fields[1][2][2] ~= id then
+  return redis.error_reply('ISOPOOL_KEYS entry ' .. entry .. ' holds job ' .. fields[1][2][2])
+end
 local status = redis.call('HGET', job, 'status')
 if not status or redis.call('HGET', job, 'entry') ~= entry or status == 'cancelled' then
   drop(stream, entry)
@@ -108,66 +133,65 @@ if not status or redis.call('HGET', job, 'entry') ~= entry or status == 'cancell
 end
 if redis.call('HGET', job, 'cancel') then
   drop(stream, entry)
-  redis.call('HSET', job, 'status', 'cancelled', 'ended', ARGV[7])
-  notify(id)
+  redis.call('HSET', job, 'status', 'cancelled', 'ended', now)
+  notify(done)
   return {'gone', id}
 end
 local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-if deliveries > tonumber(ARGV[6]) then
+if deliveries > tonumber(ARGV[4]) then
   drop(stream, entry)
-  dead(job, id, 'delivery-limit: delivered ' .. deliveries .. ' times', ARGV[7])
+  dead(job, KEYS[5], done, id, 'delivery-limit: delivered ' .. deliveries .. ' times', now)
   return {'dead', id}
 end
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', ARGV[7])
+redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', now)
 local v = redis.call('HMGET', job, 'payload', 'options', 'name')
 return {'run', id, v[1], v[2], v[3], tostring(attempts)}
 """
 )
 
-# ARGV: prefix epoch band entry consumer id
+# KEYS: epoch stream job   ARGV: epoch entry consumer
 _LUA_RENEW = (
-    _LUA_PRELUDE
+    _LUA_WORKER
     + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-if not owns(stream, ARGV[4], ARGV[5]) then return 0 end
-redis.call('XCLAIM', stream, 'workers', ARGV[5], 0, ARGV[4], 'JUSTID')
-if redis.call('HGET', prefix .. ':job:' .. ARGV[6], 'cancel') then return 2 end
+if not owns(KEYS[2], ARGV[2], ARGV[3]) then return 0 end
+redis.call('XCLAIM', KEYS[2], 'workers', ARGV[3], 0, ARGV[2], 'JUSTID')
+if redis.call('HGET', KEYS[3], 'cancel') then return 2 end
 return 1
 """
 )
 
-# ARGV: prefix epoch band entry consumer id status kind result ttl retry_ms now reason
+# KEYS: epoch stream job delayed dead done
+# ARGV: epoch entry consumer id status kind result ttl retry_ms now reason
 # status: done | failed | dead | cancelled | retry | release
+# A released job goes back to the tail of the stream it came from: its band's.
 _LUA_FINISH = (
-    _LUA_PRELUDE
+    _LUA_WORKER
     + """
-local stream = prefix .. ':jobs:' .. ARGV[3]
-local entry, consumer, id, status = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local stream, job, done = KEYS[2], KEYS[3], KEYS[6]
+local entry, consumer, id, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not owns(stream, entry, consumer) then return 0 end
 drop(stream, entry)
-local job = prefix .. ':job:' .. id
 if status == 'retry' then
   redis.call('HSET', job, 'status', 'delayed', 'owner', '')
-  redis.call('ZADD', prefix .. ':delayed', tonumber(ARGV[12]) + tonumber(ARGV[11]), id)
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[10]) + tonumber(ARGV[9]), id)
   return 1
 end
 if status == 'release' then
   redis.call('HINCRBY', job, 'deliveries', -1)
   redis.call('HINCRBY', job, 'attempts', -1)
-  local band = redis.call('HGET', job, 'band')
-  local new = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+  local new = redis.call('XADD', stream, '*', 'id', id)
   redis.call('HSET', job, 'status', 'queued', 'owner', '', 'entry', new)
   return 1
 end
-redis.call('HSET', job, 'kind', ARGV[8], 'result', ARGV[9], 'owner', '', 'ended', ARGV[12])
+redis.call('HSET', job, 'kind', ARGV[6], 'result', ARGV[7], 'owner', '', 'ended', ARGV[10])
 if status == 'dead' then
-  dead(job, id, ARGV[13], ARGV[12])
+  dead(job, KEYS[5], done, id, ARGV[11], ARGV[10])
 else
   redis.call('HSET', job, 'status', status)
-  notify(id)
+  notify(done)
 end
-redis.call('EXPIRE', job, tonumber(ARGV[10]))
+redis.call('EXPIRE', job, tonumber(ARGV[8]))
 return 1
 """
 )
@@ -227,16 +251,16 @@ return status
 """
 )
 
-# ARGV: prefix epoch id
+# KEYS: epoch job stream0..stream9   ARGV: epoch id
+# The job's band is only known server-side, so all ten band streams are declared.
 _LUA_REQUEUE = (
-    _LUA_PRELUDE
+    _LUA_EPOCH
     + """
-local id = ARGV[3]
-local job = prefix .. ':job:' .. id
+local job = KEYS[2]
 local status = redis.call('HGET', job, 'status')
 if status ~= 'dead' and status ~= 'failed' and status ~= 'cancelled' then return 0 end
-local band = redis.call('HGET', job, 'band')
-local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
+local band = tonumber(redis.call('HGET', job, 'band'))
+local entry = redis.call('XADD', KEYS[3 + band], '*', 'id', ARGV[2])
 redis.call('HDEL', job, 'result', 'kind', 'reason', 'cancel', 'owner')
 redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0)
 redis.call('PERSIST', job)

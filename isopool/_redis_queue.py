@@ -32,6 +32,17 @@ first one comes back, once. A unique key is taken in the enqueue script itself: 
 holds while its job is not final, and ``unique_for`` after the job's ``ended`` time;
 two clients racing on one key get the same job id.
 
+Redis Cluster (``redis+cluster://`` or ``cluster=True``: redis-py's ``RedisCluster``):
+a queue is one slot, every script declares its keys (``_redis_lua``), and no multi-key
+command or pipeline spans two queues. Replication is asynchronous, so on a cluster
+``enqueue`` waits (``WAIT``) for a replica to have the job before it returns; the
+workers' writes do not wait, since losing one re-runs a job and never loses it.
+
+Every client call has a deadline (``Job.result``'s ``timeout``, else ``redis_timeout``
+from the first failure): each try runs on a client whose socket time-out fits in the
+time left (``bounded``), and lost connections are retried until then (``retrying``),
+so a stalled or failing-over Redis holds no caller past its deadline.
+
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
 their kind, and verified before anything is unpickled. Redis is imported lazily:
 the core of isopool works without it.
@@ -39,8 +50,10 @@ the core of isopool works without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -53,11 +66,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _wire
 from ._errors import (
+    JobNotFoundError,
     QueueUnavailableError,
     RestartLimitError,
     SignatureError,
     TaskCrashError,
 )
+from ._redis_connect import (
+    SOCKET_TIMEOUT,
+    _is_cluster_client,
+    _naming_database,
+    _redact,
+    _refused,
+    _state_lost,
+    _unreachable_errors,
+    _warn_if_volatile,
+    is_cluster_url,
+)
+from ._redis_connect import connect as _connect
 from ._redis_lua import SCRIPTS as _SCRIPTS
 from ._schedules import Schedule
 from ._signing import Keyring
@@ -86,6 +112,18 @@ FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
 _WAKE_TTL: Final = 300  # seconds a result wake-up token lives
 _POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
 _UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under it
+# Redis refuses a string value over 512 MB (proto-max-bulk-len); a payload over it is
+# refused before it is sent, naming its size. Tests lower it.
+MAX_PAYLOAD_BYTES: Final = 512 * 1024 * 1024
+# Socket time-outs of the extra clients that bound a call by its caller's deadline: a
+# call with R seconds left uses the longest one under R, so a stalled Redis cannot hold
+# it much past its deadline (one client, one connection pool per value, made lazily).
+_BOUNDS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+_RETRY_CAP: Final = 0.5  # the longest pause between tries of a call that must finish
+# How long an enqueue waits for a replica to have the job (Redis WAIT). A replica on
+# the same network acknowledges within a millisecond; 100 ms bounds what a missing or
+# lagging replica costs each enqueue (and is logged).
+_WAIT_MS: Final = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,10 +198,16 @@ class JobOptions:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobOptions:
-        """Read options back; unknown fields (a newer isopool) are ignored."""
+        """Read options back, validated; unknown fields (a newer isopool) are ignored.
+
+        Raises:
+            ValueError, TypeError: a bad option, named (they are stored unsigned).
+        """
         raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"job options must be a JSON object, got {text!r:.80}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls.build(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -194,10 +238,24 @@ class RedisQueue:
             (default 30; workers renew every third of it).
         max_deliveries: Deliveries (crashes, lost leases) before a job goes to the
             dead-letter stream (default 3).
-        client: An existing ``redis.Redis`` to use instead of connecting to ``url``.
+        client: An existing ``redis.Redis`` (or ``RedisCluster``) to use instead of
+            connecting to ``url``.
+        cluster: Talk to a Redis Cluster (redis-py's ``RedisCluster``); implied by a
+            ``redis+cluster://`` or ``rediss+cluster://`` URL. Any node of the
+            cluster will do as the URL's host; the client follows slot moves and
+            failovers. Default False.
+        redis_timeout: Seconds a call of this client (``enqueue``, ``Job.status``,
+            ``Job.cancel``...) may keep retrying an unreachable or stalled Redis
+            (a restart, a failover) before it raises ``QueueUnavailableError``
+            (default 30). ``Job.result(timeout=T)`` keeps to its own ``T``.
+        replicas: How many replicas must have a new job before ``enqueue`` returns
+            (Redis ``WAIT``, up to 100 ms; a shortfall is logged, not raised), so
+            that a failover right after it cannot lose the job. Default: 1 on a
+            cluster, 0 otherwise. Pass 0 for a cluster without replicas.
 
     Raises:
-        ValueError: no secret, or a bad option.
+        ValueError: no secret, a bad option, or a database number the server does
+            not have.
         QueueUnavailableError: Redis cannot be reached, or it lost this queue's
             state (its epoch key vanished while this process was using it).
     """
@@ -213,6 +271,9 @@ class RedisQueue:
         lease: float = 30.0,
         max_deliveries: int = 3,
         client: redis.Redis | None = None,
+        cluster: bool = False,
+        redis_timeout: float = SOCKET_TIMEOUT,
+        replicas: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or any(c in name for c in "{}"):
             raise ValueError(f"name must be a non-empty string without braces, got {name!r}")
@@ -223,15 +284,24 @@ class RedisQueue:
         if self.lease < 1.0:
             raise ValueError(f"lease must be at least 1 second, got {lease!r}")
         self.max_deliveries = check_positive_int("max_deliveries", max_deliveries)
+        self.redis_timeout = check_duration("redis_timeout", redis_timeout)
+        if not isinstance(cluster, bool):
+            raise TypeError(f"cluster must be True or False, got {cluster!r}")
         self.prefix = f"isopool:{{{name}}}"
         self._options = JobOptions()
         self._names: dict[str, None] = {}
         # Typed Any: redis-py's reply types depend on decode_responses (we use bytes).
-        self.redis: Any = client if client is not None else _connect(url)
+        self.cluster = cluster or is_cluster_url(url) or _is_cluster_client(client)
+        if replicas is None:
+            replicas = 1 if self.cluster else 0
+        self.replicas = check_positive_int("replicas", replicas, allow_zero=True)
+        self._bounded: dict[float, Any] = {}
+        self._connect_url = None if client is not None else url
+        self.redis: Any = client if client is not None else _connect(url, cluster=self.cluster)
         self._scripts: dict[str, Any] = {
             k: self.redis.register_script(src) for k, src in _SCRIPTS.items()
         }
-        with self.translate_errors():
+        with _naming_database(url), self.translate_errors():
             self.epoch = self._init_state()
 
     def __repr__(self) -> str:
@@ -359,30 +429,40 @@ class RedisQueue:
         job_id = uuid.uuid4().hex
         body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
         payload = self.keys.sign(body, self.context(job_id, "call"))
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"the call of {describe_function(fn)} is {len(payload)} bytes pickled and "
+                f"signed, over Redis's limit of {MAX_PAYLOAD_BYTES} bytes for one value: "
+                "pass a path, a URL or a key to the data instead of the data"
+            )
         keys = [self.job_key(job_id), self.stream(options.priority), f"{self.prefix}:scheduled"]
         unique = None if options.key is None else f"{self.prefix}:unique:{options.key}"
         args_tail = [int(options.unique_for * 1000), options.key or ""]
         due_ms = 0 if due is None else int(due * 1000)
+        deadline = time.monotonic() + self.redis_timeout
+
+        # Safe to retry after a lost reply: the script does nothing if the job exists.
+        def attempt(r: Any) -> Any:  # noqa: ANN401 - a Redis reply
+            held = "" if unique is None else _text(r.get(unique) or b"")
+            extra = [] if unique is None else [unique, self.job_key(held)] if held else [unique]
+            run = self.run if not self.replicas else functools.partial(self.replicated, r)
+            return run(
+                "enqueue",
+                [*keys, *extra],
+                job_id,
+                payload,
+                describe_function(fn),
+                options.priority,
+                options.to_json(),
+                _now_ms(),
+                due_ms,
+                held,
+                *args_tail,
+                client=r,
+            )
+
         for _attempt in range(_UNIQUE_ROUNDS):
-            held = ""
-            extra: list[str] = []
-            with self.translate_errors():
-                if unique is not None:
-                    held = _text(self.redis.get(unique) or b"")
-                    extra = [unique, self.job_key(held)] if held else [unique]
-                verdict, got = self.run(
-                    "enqueue",
-                    [*keys, *extra],
-                    job_id,
-                    payload,
-                    describe_function(fn),
-                    options.priority,
-                    options.to_json(),
-                    _now_ms(),
-                    due_ms,
-                    held,
-                    *args_tail,
-                )
+            verdict, got = self.retrying(attempt, deadline)
             if _text(verdict) != "retry":
                 return Job(self, _text(got))
         raise QueueUnavailableError(  # pragma: no cover - needs a storm of racing writers
@@ -410,8 +490,9 @@ class RedisQueue:
 
     def requeue(self, job_id: str) -> bool:
         """Put a dead, failed or cancelled job back in its queue with fresh counters."""
+        streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
         with self.translate_errors():
-            return bool(self.script("requeue", job_id))
+            return bool(self.run("requeue", [self.job_key(job_id), *streams], job_id))
 
     def pending(self) -> int:
         """Jobs waiting in the streams (not yet delivered) across all bands."""
@@ -434,7 +515,10 @@ class RedisQueue:
                 raise _redis_error("ISOPOOL_EPOCH queue state lost")
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools (the queue's, and those of its bounded clients)."""
+        for client in self._bounded.values():
+            client.close()
+        self._bounded.clear()
         self.redis.close()
 
     # -- shared with Job and the worker -------------------------------------------------
@@ -472,19 +556,116 @@ class RedisQueue:
         with self.translate_errors():
             self.run("unique_release", keys, job_id, _now_ms())
 
-    def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
-        """Run a script that declares its keys: the epoch key and its value come first."""
-        return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
+    def run(
+        self,
+        name: str,
+        keys: list[str],
+        *args: object,
+        client: Any = None,  # noqa: ANN401 - redis.Redis, RedisCluster or a pipeline
+    ) -> Any:  # noqa: ANN401 - a Redis reply
+        """Run script ``name`` on ``keys``, every key it touches (see ``_redis_lua``).
+
+        The epoch key and value come first; ``client`` (default: the queue's) runs it.
+        """
+        return self._scripts[name](
+            keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args], client=client
+        )
+
+    def replicated(
+        self,
+        r: Any,  # noqa: ANN401 - redis.Redis or RedisCluster
+        name: str,
+        keys: list[str],
+        *args: object,
+        client: Any = None,  # noqa: ANN401 - unused: the script runs on the keys' master
+    ) -> Any:  # noqa: ANN401 - a Redis reply
+        """Run script ``name``, then WAIT for ``replicas`` replicas to have its writes.
+
+        WAIT counts the writes of its own connection, so both go in one pipeline on
+        the connection of the master that holds ``keys`` (one slot: one master).
+        """
+        import redis
+
+        node = r.get_node_from_key(keys[0]).redis_connection if self.cluster else r
+        pipe = node.pipeline(transaction=False)
+        self.run(name, keys, *args, client=pipe)
+        pipe.execute_command("WAIT", self.replicas, _WAIT_MS)
+        try:
+            reply, acked = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError):
+            if self.cluster:  # a failover moved the slot: read the map again, then retry
+                with contextlib.suppress(Exception):
+                    r.nodes_manager.initialize()
+            raise
+        if int(acked) < self.replicas:
+            log.warning(
+                "queue %r: %d of %d replicas had the job after %d ms; a failover now "
+                "could lose it (pass replicas=0 if the servers have no replicas)",
+                self.name,
+                int(acked),
+                self.replicas,
+                _WAIT_MS,
+            )
+        return reply
+
+    def bounded(self, remaining: float | None) -> tuple[Any, float]:
+        """A client whose socket time-out fits in ``remaining`` seconds, and that time-out.
+
+        None (no deadline), a long deadline, or a queue made on a caller's ``client``
+        get the main client.
+        """
+        if remaining is None or self._connect_url is None or remaining >= SOCKET_TIMEOUT:
+            return self.redis, SOCKET_TIMEOUT
+        fit = max((b for b in _BOUNDS if b <= remaining), default=_BOUNDS[0])
+        client = self._bounded.get(fit)
+        if client is None:
+            # A cluster client starts from every node the main one knows: the URL's
+            # host may be the master that just died.
+            nodes = self.redis.get_nodes() if self.cluster else []
+            client = _connect(
+                self._connect_url, cluster=self.cluster, socket_timeout=fit, nodes=nodes
+            )
+            self._bounded[fit] = client
+        return client, fit
+
+    def retrying(self, call: Callable[[Any], Any], deadline: float | None = None) -> Any:  # noqa: ANN401
+        """``call(client)`` until it succeeds; QueueUnavailableError once it cannot in time.
+
+        Each try gets a client whose socket time-out fits in what is left before
+        ``deadline`` (a ``time.monotonic()`` value; default: ``redis_timeout`` from
+        now). A lost or refused connection (a restart, a failover, a stall) is tried
+        again after a short pause; a lost queue state or any other error is raised
+        at once.
+        """
+        pause = 0.02
+        give_up = time.monotonic() + self.redis_timeout if deadline is None else deadline
+        while True:
+            client, _bound = self.bounded(give_up - time.monotonic())
+            try:
+                with self.translate_errors():
+                    return call(client)
+            except QueueUnavailableError as exc:
+                if _state_lost(exc) or _refused(exc):
+                    raise
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise
+                log.debug("queue %r: %s; retrying", self.name, exc)
+                time.sleep(min(pause, left))
+                pause = min(_RETRY_CAP, pause * 2)
+
+    def done_key(self, job_id: str) -> str:
+        """The wake-up list that ``Job.result`` waiters of ``job_id`` block on."""
+        return f"{self.prefix}:done:{job_id}"
+
+    def worker_keys(self, band: int, job_id: str) -> list[str]:
+        """KEYS of START and FINISH for job ``job_id`` in band ``band`` (after the epoch)."""
+        p, job = self.prefix, self.job_key(job_id)
+        return [self.stream(band), job, f"{p}:delayed", f"{p}:dead", self.done_key(job_id)]
 
     def context(self, job_id: str, kind: str) -> bytes:
         """What a signature binds a payload to: this queue, this job, this kind."""
         return f"{self.name}\0{job_id}\0{kind}".encode()
-
-    def script(self, name: str, *args: object) -> Any:  # noqa: ANN401 - a Redis reply
-        """Run one of the queue's Lua scripts with the prefix and epoch first."""
-        return self._scripts[name](
-            keys=[f"{self.prefix}:epoch"], args=[self.prefix, self.epoch, *args]
-        )
 
     @contextmanager
     def translate_errors(self) -> Iterator[None]:
@@ -493,6 +674,10 @@ class RedisQueue:
 
         try:
             yield
+        except _unreachable_errors() as exc:
+            raise QueueUnavailableError(
+                f"cannot reach Redis at {_redact(self.url)} for queue {self.name!r}: {exc}"
+            ) from exc
         except redis.ResponseError as exc:
             if "ISOPOOL_EPOCH" in str(exc) or "NOGROUP" in str(exc):
                 raise QueueUnavailableError(
@@ -502,10 +687,6 @@ class RedisQueue:
                     "start a new epoch."
                 ) from exc
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueUnavailableError(
-                f"cannot reach Redis at {_redact(self.url)} for queue {self.name!r}: {exc}"
-            ) from exc
 
     def _init_state(self) -> str:
         """Create the epoch and consumer groups once; warn when Redis may forget them."""
@@ -595,14 +776,12 @@ class Job:
         One of scheduled (waiting for its time), queued, running, delayed (waiting
         out a retry back-off), done, failed, dead, cancelled, or missing.
         """
-        with self.queue.translate_errors():
-            status = self.queue.redis.hget(self.key, "status")
+        status = self.queue.retrying(lambda r: r.hget(self.key, "status"))
         return status.decode() if status else "missing"
 
     def info(self) -> dict[str, str]:
         """The job's bookkeeping: status, attempts, deliveries, reason, owner..."""
-        with self.queue.translate_errors():
-            raw = self.queue.redis.hgetall(self.key)
+        raw = self.queue.retrying(lambda r: r.hgetall(self.key))
         skip = {b"payload", b"result"}
         return {k.decode(): v.decode() for k, v in raw.items() if k not in skip}
 
@@ -618,45 +797,73 @@ class Job:
 
         Returns:
             True if it is (or will be) cancelled; False if it already ended.
+
+        Raises:
+            JobNotFoundError: no job has this id in the queue (or it expired).
+            QueueUnavailableError: Redis is unreachable or lost the queue's state.
         """
         prefix = self.queue.prefix
         keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
+        state = _text(
+            self.queue.retrying(
+                lambda r: self.queue.run("cancel", keys, self.id, _now_ms(), client=r)
+            )
+        )
+        if state == "missing":
+            self.queue.check_epoch()
+            raise self._not_found()
         with self.queue.translate_errors():
-            state = _text(self.queue.run("cancel", keys, self.id, _now_ms()))
             if state == "cancelled" and (key := self.queue.redis.hget(self.key, "key")):
                 self.queue.release_unique(_text(key), self.id)
         return state in ("cancelled", "cancelling")
 
+    def _not_found(self) -> JobNotFoundError:
+        return JobNotFoundError(
+            f"no job {self.id} in queue {self.queue.name!r} (never enqueued there, or "
+            "expired after its result_ttl)"
+        )
+
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
         """Wait for the job's result; raise its exception with its own type.
+
+        The deadline holds while Redis is stalled or failing over: every read gets a
+        socket time-out that fits in the time left, and lost connections are tried
+        again until then.
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds (the job keeps going).
             CancelledError: the job was cancelled.
             SignatureError: the stored result's signature is wrong (it is never
                 unpickled).
-            QueueUnavailableError: Redis is unreachable or lost the job.
+            JobNotFoundError: no job has this id (never enqueued, or expired).
+            QueueUnavailableError: Redis was unreachable until the deadline (with no
+                ``timeout``: for the queue's ``redis_timeout``), or lost the job.
             BaseException: what the job raised, or the isopool error that ended it
                 (TaskCrashError, TaskTimeoutError, RestartLimitError...).
         """
+        timeout = check_seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        done_key = f"{self.queue.prefix}:done:{self.id}"
         while True:
-            with self.queue.translate_errors():
-                status, kind, blob, reason = self.queue.redis.hmget(
-                    self.key, "status", "kind", "result", "reason"
-                )
+            status, kind, blob, reason = self.queue.retrying(
+                lambda r: r.hmget(self.key, "status", "kind", "result", "reason"), deadline
+            )
             state = status.decode() if status else "missing"
             if state in FINAL or state == "missing":
                 return self._outcome(state, kind, blob, reason)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s ({state})")
-            wait = _POLL_CAP if remaining is None else max(0.01, min(_POLL_CAP, remaining))
-            with self.queue.translate_errors():
-                if self.queue.redis.blpop([done_key], timeout=wait):
-                    self.queue.redis.rpush(done_key, "1")  # wake the other waiters too
-                    self.queue.redis.expire(done_key, _WAKE_TTL)
+            self.queue.retrying(lambda r: self._wait_done(r, deadline), deadline)
+
+    def _wait_done(self, r: Any, deadline: float | None) -> None:  # noqa: ANN401 - a client
+        """Block on the job's wake-up list for up to a second (before ``deadline``)."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        bound = self.queue.bounded(remaining)[1]
+        cap = min(_POLL_CAP, bound / 2, _POLL_CAP if remaining is None else remaining)
+        done_key = self.queue.done_key(self.id)
+        if r.blpop([done_key], timeout=max(0.01, cap)):
+            r.rpush(done_key, "1")  # wake the other waiters too
+            r.expire(done_key, _WAKE_TTL)
 
     def _outcome(
         self, state: str, kind: bytes | None, blob: bytes | None, reason: bytes | None
@@ -665,10 +872,7 @@ class Job:
 
         if state == "missing":
             self.queue.check_epoch()
-            raise QueueUnavailableError(
-                f"job {self.id} is not in queue {self.queue.name!r} (expired after its "
-                "result_ttl, never enqueued, or lost with the server's data)"
-            )
+            raise self._not_found()
         if state == "cancelled":
             raise CancelledError(f"job {self.id} was cancelled")
         why = reason.decode() if reason else ""
@@ -677,6 +881,8 @@ class Job:
                 raise TaskCrashError(f"job {self.id} was dead-lettered: {why}")
             if why == "bad-signature":
                 raise SignatureError(f"job {self.id} was dead-lettered: bad-signature")
+            if why.startswith("bad-options"):
+                raise ValueError(f"job {self.id} was dead-lettered: {why}")
             raise RestartLimitError(f"job {self.id} was dead-lettered: {why}")
         body = self.queue.keys.verify(blob, self.queue.context(self.id, "result"))
         if kind == b"ok":
@@ -690,35 +896,6 @@ def _redis_error(message: str) -> Exception:
     import redis
 
     return redis.ResponseError(message)
-
-
-def _connect(url: str) -> redis.Redis:
-    try:
-        import redis
-    except ImportError as exc:
-        raise ImportError(
-            "isopool's Redis queue needs redis-py: pip install 'isopool[redis]'"
-        ) from exc
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=5.0,
-        socket_timeout=30.0,
-        health_check_interval=10,
-    )
-
-
-def _warn_if_volatile(r: redis.Redis, name: str) -> None:
-    try:
-        config = r.config_get("appendonly")
-        config.update(r.config_get("save"))
-    except Exception:  # CONFIG may be refused to an ACL user: then we cannot tell
-        return
-    if config.get("appendonly") in ("no", b"no") and not config.get("save"):
-        log.warning(
-            "queue %r: Redis persistence is off (no AOF, no RDB snapshots): a restart of "
-            "the server loses every queued job; enable appendonly for a durable queue",
-            name,
-        )
 
 
 def _now_ms() -> int:
@@ -748,10 +925,3 @@ def _due_at(when: object) -> float:
     if not math.isfinite(when):
         raise ValueError(f"when must be a finite Unix time, got {when!r}")
     return float(when)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -52,12 +52,14 @@ def connect(
     secret: str | bytes | Mapping[str, str | bytes] | None = None,
     key_id: str | None = None,
     secret_file: str | None = None,
+    cluster: bool = False,
 ) -> Cluster:
     """Return a handle on the nodes registered in the Redis at ``url``.
 
-    The secret must be the one the nodes use (see ``RedisQueue``).
+    The secret must be the one the nodes use (see ``RedisQueue``). A Redis Cluster
+    is reached with a ``redis+cluster://`` URL or ``cluster=True``.
     """
-    return Cluster(url, secret=secret, key_id=key_id, secret_file=secret_file)
+    return Cluster(url, secret=secret, key_id=key_id, secret_file=secret_file, cluster=cluster)
 
 
 class Cluster:
@@ -70,14 +72,15 @@ class Cluster:
         secret: str | bytes | Mapping[str, str | bytes] | None,
         key_id: str | None,
         secret_file: str | None,
+        cluster: bool = False,
     ) -> None:
-        from ._redis_queue import _connect
+        from ._redis_connect import connect as _connect
         from ._signing import Keyring
 
         self.url = url
         self._secret = (secret, key_id, secret_file)
         Keyring.load(secret, key_id=key_id, secret_file=secret_file)  # no secret, no start
-        self.redis: Any = _connect(url)
+        self.redis: Any = _connect(url, cluster=cluster)
         self._queues: dict[str, RedisQueue] = {}
 
     def __repr__(self) -> str:

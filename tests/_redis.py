@@ -5,6 +5,10 @@ runner, on 127.0.0.1 with a free port, and is always terminated and reaped; so a
 ``isopool worker`` and ``isopool node`` processes a test starts (each leads its own
 process group, so a test can SIGKILL or SIGSTOP the whole worker at once).
 
+``redis_cluster`` is the exception to "per test": six cluster-enabled redis-servers
+(three masters, three replicas) take a few seconds to form, so one cluster serves a
+whole test module, and is always terminated and reaped after it.
+
 tests/conftest.py loads this module as a plugin, so every test can ask for them by name.
 """
 
@@ -361,3 +365,181 @@ def processes(tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> Iter
         yield procs
     finally:
         procs.stop_all()
+
+
+# -- a real Redis Cluster -------------------------------------------------------------------
+
+_CLUSTER_TIMEOUT = 60.0  # seconds for the cluster to form or fail over (~2 s each here)
+NODE_TIMEOUT_MS = 1000  # cluster-node-timeout: a master silent this long is failed over
+
+
+class RedisCluster:
+    """Six redis-servers on loopback forming a cluster of three masters, three replicas.
+
+    Each node has its own directory, ``nodes.conf`` and AOF. ``kill`` SIGKILLs one;
+    ``restart`` brings it back (it rejoins, as a replica of whoever took its slots).
+    """
+
+    SIZE = 6
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ports: list[int] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        return subprocess.Popen(
+            [
+                *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+                *("--daemonize", "no", "--dir", str(node_dir), "--save", ""),
+                *("--logfile", str(node_dir / "redis.log")),
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
+                *("--appendonly", "yes", "--appendfsync", "everysec"),
+                # Sync a new replica at once (the default waits 5 s for more), and let a
+                # replica take over however long its master has been silent.
+                *("--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> RedisCluster:
+        """Start the six nodes, create the cluster, and wait until every node says ok."""
+        while len(self.ports) < self.SIZE:
+            port = free_port()
+            proc = self._spawn(port)
+            if _answers_ping(proc, port, _READY_TIMEOUT):
+                self.ports.append(port)
+                self.procs[port] = proc
+            else:
+                _reap(proc)
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "create"),
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                *("--cluster-replicas", "1", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        if not (self.wait_ok(self.ports) and self.wait_synced()):
+            raise RuntimeError(f"the cluster did not form; see the logs under {self.dir}")
+        return self
+
+    def wait_synced(self, timeout: float = _CLUSTER_TIMEOUT) -> bool:
+        """Wait until every live replica's link to its master is up (it has its data)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = []
+            for port in self.live():
+                done = subprocess.run(
+                    ["redis-cli", "-p", str(port), "info", "replication"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
+                infos.append(done.stdout)
+            replicas = [i for i in infos if "role:slave" in i]
+            if len(replicas) == self.SIZE // 2 and all(
+                "master_link_status:up" in i for i in replicas
+            ):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def info(self, port: int, *args: str) -> str:
+        """``redis-cli -p PORT cluster ARGS`` (e.g. info, nodes), or "" if it does not answer."""
+        try:
+            done = subprocess.run(
+                ["redis-cli", "-p", str(port), "cluster", *args],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+        except subprocess.TimeoutExpired:
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    def masters(self, port: int | None = None) -> dict[int, list[tuple[int, int]]]:
+        """Each live master's port and its slot ranges, as node ``port`` sees them."""
+        port = port if port is not None else self.live()[0]
+        out: dict[int, list[tuple[int, int]]] = {}
+        for line in self.info(port, "nodes").splitlines():
+            fields = line.split()
+            if len(fields) < 8 or "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            ranges = []
+            for item in fields[8:]:
+                if item.startswith("["):
+                    continue  # a slot being migrated
+                low, _, high = item.partition("-")
+                ranges.append((int(low), int(high or low)))
+            if ranges:
+                out[int(fields[1].split(":")[1].split("@")[0])] = ranges
+        return out
+
+    def master_of(self, slot: int, port: int | None = None) -> int | None:
+        """The port of the master serving ``slot``."""
+        for master, ranges in self.masters(port).items():
+            if any(low <= slot <= high for low, high in ranges):
+                return master
+        return None
+
+    def live(self) -> list[int]:
+        return [p for p in self.ports if self.procs[p].poll() is None]
+
+    def wait_ok(
+        self, ports: list[int], timeout: float = _CLUSTER_TIMEOUT, without: int | None = None
+    ) -> bool:
+        """Wait until every node of ``ports`` says cluster_state:ok and sees 3 masters
+        (none of them ``without``: a killed master whose replica must take over)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self.info(p, "info") for p in ports]
+            views = [self.masters(p) for p in ports]
+            if all("cluster_state:ok" in s for s in states) and all(
+                len(v) == 3 and without not in v for v in views
+            ):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill(self, port: int) -> None:
+        """SIGKILL node ``port`` and reap it."""
+        self.procs[port].kill()
+        self.procs[port].wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start node ``port`` again with its nodes.conf and AOF; it rejoins the cluster."""
+        proc = self._spawn(port)
+        if not _answers_ping(proc, port, _READY_TIMEOUT):
+            _reap(proc)
+            raise RuntimeError(f"cluster node {port} did not restart")
+        self.procs[port] = proc
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            _reap(proc)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas) on loopback, one per test module;
+    every node is terminated and reaped after the module."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli are not on PATH (CI installs Debian's redis-server)")
+    pytest.importorskip("redis", reason="redis-py is not installed: pip install 'isopool[redis]'")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -62,6 +62,7 @@ def _samples() -> dict[str, tuple[BaseException, dict[str, object]]]:
         "NodeDownError": (isopool.NodeDownError("node 'n1' is down"), {}),
         "QueueUnavailableError": (isopool.QueueUnavailableError("redis unreachable"), {}),
         "UnknownSupervisorError": (isopool.UnknownSupervisorError("no supervisor 'x'"), {}),
+        "JobNotFoundError": (isopool.JobNotFoundError("no job abc"), {}),
         "Shutdown": (isopool.Shutdown("reason"), {}),
     }
 
@@ -167,6 +168,8 @@ IS_A = [
     (isopool.QueueUnavailableError, ConnectionError),
     (isopool.UnknownSupervisorError, isopool.IsopoolError),
     (isopool.UnknownSupervisorError, LookupError),
+    (isopool.JobNotFoundError, isopool.IsopoolError),
+    (isopool.JobNotFoundError, LookupError),
     (isopool.Shutdown, isopool.IsopoolError),
 ]
 

@@ -165,7 +165,7 @@ def test_job_result_ttl_expired_status_is_missing(redis_server, queues, processe
     job = queue.options(result_ttl=1).enqueue(ECHO, "short-lived")
     assert job.result(timeout=30) == "short-lived"
     assert wait_for(lambda: job.status() == "missing", timeout=15)
-    with pytest.raises(QueueUnavailableError, match="not in queue"):
+    with pytest.raises(isopool.JobNotFoundError, match="no job"):
         job.result(timeout=1)
 
 
@@ -416,12 +416,13 @@ def test_finish_by_worker_that_lost_its_lease_is_refused(queues):
     job = queue.options(priority=0).enqueue(ECHO, 1)
     entry = queue.redis.xreadgroup(GROUP, "old", {queue.stream(0): ">"}, count=1)[0][1][0][0]
     entry = entry.decode()
-    assert queue.script("start", 0, entry, "old", 3, 0, -1)[0] == b"run"
-    assert queue.script("start", 0, entry, "new", 3, 0, 0)[0] == b"run"  # the claim
+    keys = queue.worker_keys(0, job.id)
+    assert queue.run("start", keys, entry, "old", 3, 0, -1, job.id)[0] == b"run"
+    assert queue.run("start", keys, entry, "new", 3, 0, 0, job.id)[0] == b"run"  # the claim
 
     def finish(consumer: str, value: str) -> int:
         blob = queue.keys.sign(_wire.dumps(value), queue.context(job.id, "result"))
-        return queue.script("finish", 0, entry, consumer, job.id, "done", "ok", blob, 60, 0, 0, "")
+        return queue.run("finish", keys, entry, consumer, job.id, "done", "ok", blob, 60, 0, 0, "")
 
     assert finish("old", "late") == 0
     assert job.status() == "running"
