@@ -72,6 +72,7 @@ from ._errors import (
     ProtocolError,
 )
 from ._handle import WorkerHandle
+from ._metrics import RunTimings
 from ._outcome import Outcome, resolve, tripped_error
 from ._policy import RestartIntensity, backoff_delay, should_restart
 from ._process import (
@@ -142,8 +143,10 @@ class Monitor:
         initializer: InitPayload | None,
         server: ForkServer | None = None,
         cpus: frozenset[int] | None = None,
+        usage: bool = True,
     ) -> None:
         self.name = name
+        self._measure_usage = usage  # whether workers measure Task.usage (Pool(usage=))
         self._cpus = cpus  # the fork server's affinity, so every worker's
         self.max_workers = max_workers
         self._max_tasks = max_tasks_per_child or 0
@@ -164,6 +167,9 @@ class Monitor:
         # the trailers not yet added in (folded in batches: one append per reply).
         self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
         self._usage_log = bytearray()
+        # Task duration and queue wait histograms: None until a metrics collector asks
+        # for them (timings()), so a pool without metrics does not observe anything.
+        self._timings: RunTimings | None = None
         self._ema: float | None = None  # mean run time of recent tasks, seconds
         self._sleep_until = 0.0  # when the monitor will next wake up by itself
         self._need_wake = False
@@ -219,7 +225,9 @@ class Monitor:
         task_id = next(self._task_ids)
         name = describe_function(fn)
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
+            payload = _wire.dumps_call(
+                fn, args, kwargs, options.memory_limit, options.cpus, self._measure_usage
+            )
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc
@@ -262,7 +270,8 @@ class Monitor:
             self._stats["submitted"] += 1
             self._pending.push(task)
             refused: list[Outcome] = []
-            self._dispatch_locked(time.monotonic(), refused)
+            now = task._queued_at = time.monotonic()
+            self._dispatch_locked(now, refused)
             wake = self._take_wake_locked()
         if wake:
             self._wake()
@@ -319,7 +328,7 @@ class Monitor:
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
             if cancel_futures:
-                out.extend(Outcome.cancelled(t) for t in self._drain_queued_locked())
+                out.extend(self._cancel_queued_locked())
         self._wake()
         resolve(out)
         if wait and threading.current_thread() is not self._thread:
@@ -336,7 +345,7 @@ class Monitor:
         with self._lock:
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
-            out.extend(Outcome.cancelled(t) for t in self._drain_queued_locked())
+            out.extend(self._cancel_queued_locked())
             now = time.monotonic()
             for worker in list(self._workers):
                 if worker.tasks:
@@ -351,7 +360,8 @@ class Monitor:
     def forget(self, task: Task[Any]) -> None:
         """``task`` was cancelled while pending: drop it from the count at once."""
         with self._lock:
-            self._pending.remove(task)
+            if self._pending.remove(task):
+                self._stats["cancelled"] += 1
 
     def signal_workers(self, sig: signal.Signals) -> None:
         """``Pool.terminate_workers``/``kill_workers``: close, cancel queued, signal all.
@@ -363,7 +373,7 @@ class Monitor:
         with self._lock:
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
-            out = [Outcome.cancelled(t) for t in self._drain_queued_locked()]
+            out = self._cancel_queued_locked()
             now = time.monotonic()
             for worker in self._workers:
                 for task in worker.tasks:
@@ -388,6 +398,7 @@ class Monitor:
             counts["workers"] = sum(1 for w in self._workers if not w.finalized)
             counts["pending"] = len(self._pending)
             counts["running"] = sum(1 for w in self._workers if w.tasks)
+            counts["delayed"] = len(self._delayed)
         for key in (
             "submitted",
             "completed",
@@ -395,12 +406,27 @@ class Monitor:
             "crashed",
             "timed_out",
             "killed",
+            "cancelled",
             "restarted",
             "workers_started",
             "workers_replaced",
         ):
             counts.setdefault(key, 0)
         return counts
+
+    def timings(self) -> dict[str, tuple[tuple[float, ...], list[int], float]]:
+        """Snapshots of the duration and queue wait histograms (see ``_metrics``).
+
+        The first call starts them: runs that start or end from then on are counted.
+        """
+        with self._lock:
+            if self._timings is None:
+                self._timings = RunTimings()
+            timings = self._timings
+            return {
+                "duration": timings.duration.snapshot(),
+                "queue_wait": timings.queue_wait.snapshot(),
+            }
 
     # -- dispatch (under the lock, any thread) ---------------------------------
 
@@ -502,6 +528,8 @@ class Monitor:
         task._pid = worker.pid
         task._usage = None  # a run that crashes must not show an earlier run's usage
         task.attempts += 1
+        if self._timings is not None and task.attempts == 1:
+            self._timings.queue_wait.observe(now - task._queued_at)
         timeout = task.options.timeout
         if timeout is not None:
             task._deadline = now + timeout
@@ -521,6 +549,12 @@ class Monitor:
     def _drain_queued_locked(self) -> list[Task[Any]]:
         """Take every task that waits to run (pending or backing off)."""
         return self._pending.drain() + self._delayed.drain()
+
+    def _cancel_queued_locked(self) -> list[Outcome]:
+        """Cancel every task that waits to run (shutdown, terminate); count them."""
+        tasks = self._drain_queued_locked()
+        self._stats["cancelled"] += len(tasks)
+        return [Outcome.cancelled(t) for t in tasks]
 
     def _take_wake_locked(self) -> bool:
         wake, self._need_wake = self._need_wake, False
@@ -910,9 +944,11 @@ class Monitor:
             if reason == "kill" and not task.done():
                 out.append(Outcome.stopped(task))
             elif reason == "cancel" and task._revoked is not None:
+                self._stats["cancelled"] += 1
                 task._revoke_ok = True
                 task._revoked.set()  # the thread in cancel() settles it
             elif reason == "cancel":
+                self._stats["cancelled"] += 1
                 out.append(Outcome.cancelled(task))
             elif reason == "steal":
                 self._pending.push(task)  # never started: not an attempt
@@ -935,6 +971,8 @@ class Monitor:
         self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]
     ) -> None:
         """A run of ``task`` ended: restart it per its policy, or settle its future."""
+        if self._timings is not None and task._started_at is not None:
+            self._timings.duration.observe(now - task._started_at)
         task._deadline = None
         task._started_at = None
         if task.done():
@@ -1047,6 +1085,8 @@ class Monitor:
             reason, task._revoke = task._revoke, None
             # Only a call behind the head provably never started; the head may have.
             started = index == 0 and task._started_at is not None
+            if reason == "cancel" and not started:
+                self._stats["cancelled"] += 1
             if reason == "cancel" and task._revoked is not None:
                 task._revoke_ok = not started
                 task._revoked.set()

@@ -200,6 +200,7 @@ class Task(Future[R], Generic[R]):
     _pid: int | None
     _deadline: float | None
     _started_at: float | None
+    _queued_at: float  # when submit() queued it (monotonic): its queue wait's start
     _kill_requested: bool
     _kill_error: BaseException | None
     _kill_grace: ShutdownTimeout | None
@@ -253,6 +254,7 @@ class Task(Future[R], Generic[R]):
         self._pid = None
         self._deadline = None
         self._started_at = None
+        self._queued_at = 0.0
         self._kill_requested = False
         self._kill_error = None  # fail with this instead of CancelledError when stopped
         self._kill_grace = None  # overrides options.shutdown for one stop
