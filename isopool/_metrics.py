@@ -112,8 +112,8 @@ class RunTimings:
     """A pool's task histograms, fed by its monitor under the monitor's lock.
 
     ``duration``: seconds from a run's start (its call reached the head of a worker)
-    to its end, whatever the outcome; ``queue_wait``: seconds from ``submit`` to the
-    start of the task's first run.
+    to its end, whatever the outcome, for each run that started; ``queue_wait``:
+    seconds from ``submit`` to the start of the task's first run.
     """
 
     __slots__ = ("duration", "queue_wait")

@@ -971,13 +971,13 @@ class Monitor:
         self, task: Task[Any], outcome: Outcome, now: float, out: list[Outcome]
     ) -> None:
         """A run of ``task`` ended: restart it per its policy, or settle its future."""
-        if self._timings is not None and task._started_at is not None:
-            self._timings.duration.observe(now - task._started_at)
+        started, task._started_at = task._started_at, None
         task._deadline = None
-        task._started_at = None
         if task.done():
             return  # settled already (killed while its call was queued): count it once
         self._stats[outcome.stat] += 1
+        if self._timings is not None and started is not None:
+            self._timings.duration.observe(now - started)
         restartable = (
             outcome.kind not in ("cancelled", "error")
             and not task._kill_requested  # a killed task is never restarted

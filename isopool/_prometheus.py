@@ -125,7 +125,7 @@ def _pool_families() -> list[Metric]:
         ),
         HistogramMetricFamily(
             "isopool_task_duration_seconds",
-            "Seconds from the start of a run to its end, whatever the outcome.",
+            "Seconds from the start of a run to its end, whatever the outcome (runs that started).",
             labels=pool,
         ),
         HistogramMetricFamily(
