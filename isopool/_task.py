@@ -297,7 +297,8 @@ class Task(Future[R], Generic[R]):
 
         None until the task has finished, and for a task whose worker sent nothing
         back (it crashed, timed out or was killed while running, or its call did
-        not unpickle). For a task run more than once, its last run's.
+        not unpickle), and on a pool made with ``usage=False``. For a task run more
+        than once, its last run's.
         See ``Usage`` for what each figure measures and how exact it is.
         """
         if not self.done():
