@@ -108,6 +108,68 @@ class IsopoolPeer(_ExecutorPeer):
         self.pool.terminate()
 
 
+class IsopoolLeanPeer(IsopoolPeer):
+    """isopool with nothing measured: ``Pool(usage=False)``, no metrics (``--overhead``)."""
+
+    name = "isopool-lean"
+    start_method = "as isopool; Pool(usage=False), no metrics"
+
+    def start(self, workers, max_tasks_per_child=None):
+        import isopool
+
+        self.pool = isopool.Pool(workers, max_tasks_per_child=max_tasks_per_child, usage=False)
+
+
+class IsopoolObservedPeer(IsopoolPeer):
+    """isopool with usage and Prometheus metrics on, scraped every 0.5 s (``--overhead``).
+
+    Prometheus scrapes every 15 s or so; a scrape every half second, from a thread of
+    the measuring process, makes this an upper bound on what metrics cost.
+    """
+
+    name = "isopool-observed"
+    distribution = "isopool"
+    start_method = "as isopool; usage on, pool.metrics(), a scrape every 0.5 s"
+    SCRAPE_EVERY = 0.5
+
+    @classmethod
+    def missing(cls):
+        if importlib.util.find_spec("prometheus_client") is None:
+            return "prometheus_client is not installed (pip install 'isopool[metrics]')"
+        return None
+
+    def start(self, workers, max_tasks_per_child=None):
+        import threading
+
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        import isopool
+
+        self.pool = isopool.Pool(workers, max_tasks_per_child=max_tasks_per_child)
+        registry = CollectorRegistry()
+        self.pool.metrics(registry)
+        self._stop = threading.Event()
+
+        def scrape():
+            while not self._stop.wait(self.SCRAPE_EVERY):
+                generate_latest(registry)
+
+        self._scraper = threading.Thread(target=scrape, name="bench-scraper", daemon=True)
+        self._scraper.start()
+
+    def _stop_scraping(self):
+        self._stop.set()
+        self._scraper.join(5)
+
+    def shutdown(self):
+        self._stop_scraping()
+        super().shutdown()
+
+    def terminate(self):
+        self._stop_scraping()
+        super().terminate()
+
+
 class _StdlibExecutorPeer(_ExecutorPeer):
     """concurrent.futures.ProcessPoolExecutor with one multiprocessing start method."""
 
@@ -241,3 +303,8 @@ PEERS = {
     peer.name: peer
     for peer in (IsopoolPeer, PPEForkPeer, PPEForkserverPeer, MpPoolPeer, LokyPeer, PebblePeer)
 }
+
+# isopool with its measurements off and on, for ``run.py --overhead`` only (not in a
+# default run): what usage and metrics cost on the submit and latency rows.
+OVERHEAD_PEERS = {peer.name: peer for peer in (IsopoolLeanPeer, IsopoolPeer, IsopoolObservedPeer)}
+ALL_PEERS = {**PEERS, **OVERHEAD_PEERS}

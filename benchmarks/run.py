@@ -52,7 +52,7 @@ def run_one(scenario_name, peer_name, quick):
     # The crash scenarios segfault on purpose: no core files, here or in any worker.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     scenario = scenarios.SCENARIOS[scenario_name]
-    peer = peers.PEERS[peer_name]() if scenario.per_peer else None
+    peer = peers.ALL_PEERS[peer_name]() if scenario.per_peer else None
     sizes = scenarios.QUICK if quick else scenarios.FULL
     try:
         record = {"status": "ok", "values": scenario.run(peer, sizes)}
@@ -338,7 +338,8 @@ def isopool_source():
 
 def header(args, repeats):
     peer_lines = {}
-    for name, peer in peers.PEERS.items():
+    shown = peers.OVERHEAD_PEERS if args.overhead else peers.PEERS
+    for name, peer in shown.items():
         missing = peer.missing()
         state = f"SKIPPED: {missing}" if missing else f"{peer.version()}, {peer.start_method}"
         peer_lines[name] = state
@@ -409,7 +410,12 @@ def parse_args(argv):
     parser.add_argument(
         "--scenario", action="append", choices=list(scenarios.SCENARIOS), help="repeatable"
     )
-    parser.add_argument("--peer", action="append", choices=list(peers.PEERS), help="repeatable")
+    parser.add_argument("--peer", action="append", choices=list(peers.ALL_PEERS), help="repeatable")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only submit and latency, isopool with usage and metrics off / default / on",
+    )
     parser.add_argument(
         "--json", default=os.path.join(HERE, "results.json"), help="where to write the results"
     )
@@ -419,11 +425,12 @@ def parse_args(argv):
 
 def make_plan(args):
     """The (scenario, peer) pairs to measure, and the peers skipped as not installed."""
-    wanted = args.peer or list(peers.PEERS)
-    skipped = {name: peers.PEERS[name].missing() for name in wanted}
+    wanted = args.peer or list(peers.OVERHEAD_PEERS if args.overhead else peers.PEERS)
+    skipped = {name: peers.ALL_PEERS[name].missing() for name in wanted}
     available = [name for name in wanted if not skipped[name]]
     plan = []
-    for name in args.scenario or list(scenarios.SCENARIOS):
+    default_scenarios = ["submit", "latency"] if args.overhead else list(scenarios.SCENARIOS)
+    for name in args.scenario or default_scenarios:
         scenario = scenarios.SCENARIOS[name]
         names = available if scenario.per_peer else [NO_PEER]
         plan.extend((scenario, peer) for peer in names)

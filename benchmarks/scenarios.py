@@ -101,6 +101,44 @@ def wait_all(futures, timeout=WAIT):
     return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures]
 
 
+def tree_cpu_seconds():
+    """CPU seconds of this process and every live descendant, all threads, from /proc.
+
+    The pool's helpers and workers descend from the measuring process under every peer,
+    so this is what a scenario cost the machine, whatever else runs on it: a steadier
+    figure than wall time on a busy machine (it does not count the waits for a CPU).
+    Read from each thread's ``schedstat`` (nanoseconds on a CPU), not ``stat``'s ticks.
+    """
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # exited meanwhile
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0
+    for pid in tree:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except OSError:
+                continue
+    return total / 1e9
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -179,11 +217,16 @@ def submit_throughput(peer, sizes):
     workers = worker_count()
     with running(peer, workers):
         warm_up(peer, workers)
+        cpu = tree_cpu_seconds()
         start = time.perf_counter()
         futures = [peer.submit(tasks.noop) for _ in range(sizes.submit_tasks)]
         wait_all(futures, timeout=10 * WAIT)
         elapsed = time.perf_counter() - start
-    return {"tasks_per_s": sizes.submit_tasks / elapsed}
+        cpu = tree_cpu_seconds() - cpu
+    return {
+        "tasks_per_s": sizes.submit_tasks / elapsed,
+        "cpu_us_per_task": cpu / sizes.submit_tasks * 1e6,
+    }
 
 
 # -- 3. map throughput ------------------------------------------------------------------
@@ -218,11 +261,17 @@ def latency(peer, sizes):
     times = []
     with running(peer, workers):
         warm_up(peer, workers)
+        cpu = tree_cpu_seconds()
         for _ in range(sizes.latency_calls):
             start = time.perf_counter()
             peer.submit(tasks.noop).result(timeout=WAIT)
             times.append(time.perf_counter() - start)
-    return {"p50_us": percentile(times, 0.5) * 1e6, "p99_us": percentile(times, 0.99) * 1e6}
+        cpu = tree_cpu_seconds() - cpu
+    return {
+        "p50_us": percentile(times, 0.5) * 1e6,
+        "p99_us": percentile(times, 0.99) * 1e6,
+        "cpu_us_per_call": cpu / sizes.latency_calls * 1e6,
+    }
 
 
 # -- 5. CPU-bound scaling ------------------------------------------------------------------
@@ -623,7 +672,10 @@ SCENARIOS = {
             "submit",
             "submit throughput: no-op tasks via submit(), then wait for all",
             submit_throughput,
-            (higher("tasks_per_s", "tasks/s"),),
+            (
+                higher("tasks_per_s", "tasks/s"),
+                lower("cpu_us_per_task", "CPU microseconds per task (all processes)", "{:,.0f}"),
+            ),
         ),
         Scenario(
             "map",
@@ -646,6 +698,7 @@ SCENARIOS = {
             (
                 lower("p50_us", "p50 microseconds", "{:,.0f}"),
                 lower("p99_us", "p99 microseconds", "{:,.0f}"),
+                lower("cpu_us_per_call", "CPU microseconds per call (all processes)", "{:,.0f}"),
             ),
             limits=(30, 120),
         ),

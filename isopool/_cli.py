@@ -18,11 +18,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, as_completed
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._errors import RestartLimitError, TaskCrashError, TaskTimeoutError
 from ._pool import Pool
 from ._task import Task
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ._queue_worker import QueueWorker
 
 __all__ = ["main"]
 
@@ -229,6 +234,15 @@ def _add_common(cmd: argparse.ArgumentParser) -> None:
         "--drain", type=float, default=30.0, help="seconds to finish running jobs on stop (30)"
     )
     cmd.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port at /metrics (needs isopool[metrics])",
+    )
+    cmd.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,13 +285,15 @@ def _serve(args: argparse.Namespace) -> int:
                 "--cron names one function twice; a schedule is named by its function, "
                 "so give it one cron expression (or use queue.schedule(..., name=...))"
             )
+        registry = _start_metrics(args)
         queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file, lease=args.lease)
         for cron, function in crons:
             queue.schedule(cron, function)
         worker = QueueWorker(queue, workers=args.workers, drain=args.drain)
-    except (ValueError, ImportError, QueueUnavailableError) as exc:
+    except (ValueError, ImportError, OSError, QueueUnavailableError) as exc:
         print(f"isopool worker: {exc}", file=sys.stderr)
         return 2
+    _export_metrics(registry, [worker])
     _on_stop_signals(worker.stop)
     try:
         worker.run()
@@ -355,6 +371,7 @@ def _node(args: argparse.Namespace) -> int:
 
     try:
         specs = [SupervisorSpec.parse(text) for text in args.supervisor]
+        registry = _start_metrics(args)
         node = Node(
             args.name,
             args.redis,
@@ -364,12 +381,43 @@ def _node(args: argparse.Namespace) -> int:
             lease=args.lease,
             drain=args.drain,
         )
-    except (ValueError, TypeError, QueueUnavailableError) as exc:
+    except (ValueError, TypeError, ImportError, OSError, QueueUnavailableError) as exc:
         print(f"isopool node: {exc}", file=sys.stderr)
         return 2
+    _export_metrics(registry, node.queue_workers)
     _on_stop_signals(node.stop)
     node.run()
     return 0
+
+
+def _start_metrics(args: argparse.Namespace) -> CollectorRegistry | None:
+    """``--metrics-port``: serve /metrics now (empty), before any worker starts.
+
+    Raises:
+        ImportError: prometheus_client is missing (with the extra to install).
+        OSError: the port cannot be bound.
+    """
+    if args.metrics_port is None:
+        return None
+    try:
+        from ._prometheus import serve
+    except ImportError as exc:
+        raise ImportError(
+            f"--metrics-port needs prometheus_client: pip install 'isopool[metrics]' ({exc})"
+        ) from exc
+    try:
+        return serve(args.metrics_port, args.metrics_host)
+    except OSError as exc:
+        raise OSError(
+            f"--metrics-port: cannot serve on {args.metrics_host}:{args.metrics_port}: {exc}"
+        ) from exc
+
+
+def _export_metrics(registry: CollectorRegistry | None, workers: list[QueueWorker]) -> None:
+    if registry is not None:
+        from ._prometheus import export_workers
+
+        export_workers(registry, workers)
 
 
 def _dead_letters(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Final, Protocol
 from . import _wire
 from ._errors import BrokenPoolError, PoolClosedError, ProtocolError
 from ._handle import WorkerHandle, WorkerPhase
+from ._metrics import RunTimings
 from ._outcome import Outcome, tripped_error
 from ._policy import RestartIntensity
 from ._queue import DelayedQueue, PendingQueue
@@ -110,6 +111,9 @@ class Dispatcher:
         # the trailers not yet added in (folded in batches: one append per reply).
         self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
         self._usage_log = bytearray()
+        # Task duration and queue wait histograms: None until a metrics collector asks
+        # for them (Monitor.timings), so a pool without metrics observes nothing.
+        self.timings: RunTimings | None = None
         self.ema: float | None = None  # mean run time of recent tasks, seconds
 
     def start(self) -> None:
@@ -235,6 +239,8 @@ class Dispatcher:
         task._pid = worker.pid
         task._usage = None  # a run that crashes must not show an earlier run's usage
         task.attempts += 1
+        if self.timings is not None and task.attempts == 1:
+            self.timings.queue_wait.observe(now - task._queued_at)
         timeout = task.options.timeout
         if timeout is not None:
             run.deadline = now + timeout
@@ -244,6 +250,12 @@ class Dispatcher:
     def _drain_queued(self) -> list[Runnable]:
         """Take every task that waits to run (pending or backing off)."""
         return self.pending.drain() + self.delayed.drain()
+
+    def _cancel_queued(self) -> list[Outcome]:
+        """Cancel every task that waits to run (shutdown, terminate); count them."""
+        tasks = self._drain_queued()
+        self._stats["cancelled"] += len(tasks)
+        return [Outcome.cancelled(t) for t in tasks]
 
     # -- stopping workers --------------------------------------------------------
 

@@ -79,6 +79,7 @@ _COUNTERS: Final = (
     "crashed",
     "timed_out",
     "killed",
+    "cancelled",
     "restarted",
     "workers_started",
     "workers_replaced",
@@ -94,6 +95,7 @@ class Machine(Dispatcher):
         """Queue ``task`` and start it if a worker is free (the pool must be open)."""
         self.check_open()
         self._stats["submitted"] += 1
+        task._queued_at = now
         self.pending.push(task)
         self._dispatch(now, out)
 
@@ -158,20 +160,21 @@ class Machine(Dispatcher):
 
     def forget(self, task: Runnable) -> None:
         """``task`` was cancelled while pending: drop it from the count at once."""
-        self.pending.remove(task)
+        if self.pending.remove(task):
+            self._stats["cancelled"] += 1
 
     def shutdown(self, cancel_futures: bool, out: list[Outcome]) -> None:
         """Take no new work; finish (or cancel) queued work."""
         if self.state is State.RUNNING:
             self.state = State.CLOSING
         if cancel_futures:
-            out.extend(Outcome.cancelled(t) for t in self._drain_queued())
+            out.extend(self._cancel_queued())
 
     def terminate(self, now: float, out: list[Outcome]) -> None:
         """Cancel queued tasks, stop running ones (with their grace), then close."""
         if self.state is State.RUNNING:
             self.state = State.CLOSING
-        out.extend(Outcome.cancelled(t) for t in self._drain_queued())
+        out.extend(self._cancel_queued())
         for worker in list(self.workers):
             if worker.tasks:
                 self._stop_worker(worker, "terminate", None, now)
@@ -185,7 +188,7 @@ class Machine(Dispatcher):
         """
         if self.state is State.RUNNING:
             self.state = State.CLOSING
-        out.extend(Outcome.cancelled(t) for t in self._drain_queued())
+        out.extend(self._cancel_queued())
         for worker in self.workers:
             for task in worker.tasks:
                 if task._stop is None:
@@ -209,6 +212,7 @@ class Machine(Dispatcher):
         counts["workers"] = sum(1 for w in self.workers if not w.finalized)
         counts["pending"] = len(self.pending)
         counts["running"] = sum(1 for w in self.workers if w.tasks)
+        counts["delayed"] = len(self.delayed)
         return counts
 
     # -- the monitor's events --------------------------------------------------
@@ -383,15 +387,15 @@ class Machine(Dispatcher):
         ):
             # Stopped before its reply was read: the time-out or the kill stands
             # (Task.shutdown alone keeps a reply that raced in, as Elixir's does).
-            self._end_run(task, self._stop_outcome(worker, task), now, out)
+            self._end_run(task, self._stop_outcome(worker, task), now, out, run.started_at)
         elif kind == _wire.RESULT:
-            self._end_run(task, Outcome.ok(task, payload), now, out)
+            self._end_run(task, Outcome.ok(task, payload), now, out, run.started_at)
         elif kind == _wire.ERROR:
-            self._end_run(task, Outcome.raised(task, payload), now, out)
+            self._end_run(task, Outcome.raised(task, payload), now, out, run.started_at)
         elif kind == _wire.SHUTDOWN:
-            self._end_run(task, Outcome.shutdown(task, payload), now, out)
+            self._end_run(task, Outcome.shutdown(task, payload), now, out, run.started_at)
         else:
-            self._end_run(task, Outcome.bad_payload(task, payload), now, out)
+            self._end_run(task, Outcome.bad_payload(task, payload), now, out, run.started_at)
         self._after_call(worker, now)
 
     def _after_call(self, worker: WorkerHandle, now: float) -> None:
@@ -437,8 +441,10 @@ class Machine(Dispatcher):
             if reason is Revoke.KILL and not task.done():
                 out.append(Outcome.stopped(task))
             elif reason is Revoke.CANCEL and run.answer is not None:
+                self._stats["cancelled"] += 1
                 run.answer.give(True)  # the thread in cancel() settles it
             elif reason is Revoke.CANCEL:
+                self._stats["cancelled"] += 1
                 out.append(Outcome.cancelled(task))
             elif reason is Revoke.STEAL:
                 self.pending.push(task)  # never started: not an attempt
@@ -455,12 +461,24 @@ class Machine(Dispatcher):
             return Outcome.timed_out(task, worker.pid)
         return Outcome.stopped(task)
 
-    def _end_run(self, task: Runnable, outcome: Outcome, now: float, out: list[Outcome]) -> None:
-        """A run of ``task`` ended: restart it per its policy, or settle its future."""
+    def _end_run(
+        self,
+        task: Runnable,
+        outcome: Outcome,
+        now: float,
+        out: list[Outcome],
+        started: float | None = None,
+    ) -> None:
+        """A run of ``task`` ended: restart it per its policy, or settle its future.
+
+        ``started``: when the run started, if it did (for the duration histogram).
+        """
         task._run = None
         if task.done():
             return  # settled already (killed while its call was queued): count it once
         self._stats[outcome.stat] += 1
+        if self.timings is not None and started is not None:
+            self.timings.duration.observe(now - started)
         restartable = (
             outcome.kind not in (Kind.CANCELLED, Kind.ERROR)
             and task._stop is None  # a killed task is never restarted
@@ -518,6 +536,8 @@ class Machine(Dispatcher):
             reason, run.revoke = run.revoke, None
             # Only a call behind the head provably never started; the head may have.
             started = index == 0 and run.started_at is not None
+            if reason is Revoke.CANCEL and not started:
+                self._stats["cancelled"] += 1
             if reason is Revoke.CANCEL and run.answer is not None:
                 run.answer.give(not started)
                 if not started:
@@ -534,12 +554,12 @@ class Machine(Dispatcher):
                     if error is not None:  # always, for a crash
                         out.append(Outcome.error(task, error))  # no restart, no WARNING
                 elif worker.stop_task is task or worker.stop_reason == "terminate":
-                    self._end_run(task, self._stop_outcome(worker, task), now, out)
+                    self._end_run(task, self._stop_outcome(worker, task), now, out, run.started_at)
                 else:
                     crash = Outcome.crashed(task, worker.pid, info, worker.protocol_error)
-                    self._end_run(task, crash, now, out)
+                    self._end_run(task, crash, now, out, run.started_at)
             elif task._stop is not None:
-                self._end_run(task, Outcome.stopped(task), now, out)
+                self._end_run(task, Outcome.stopped(task), now, out, run.started_at)
             else:
                 self.pending.push(task)  # never started: not an attempt
         if not (tasks or expected) and self.state is State.RUNNING:

@@ -50,6 +50,7 @@ from . import _wire
 from ._errors import BrokenPoolError, ProtocolError
 from ._handle import WorkerHandle
 from ._machine import Machine, State
+from ._metrics import RunTimings
 from ._outcome import Outcome, resolve
 from ._process import (
     ForkServer,
@@ -87,8 +88,10 @@ class Monitor:
         initializer: InitPayload | None,
         server: ForkServer | None = None,
         cpus: frozenset[int] | None = None,
+        usage: bool = True,
     ) -> None:
         self.name = name
+        self.measure_usage = usage  # whether workers measure Task.usage (Pool(usage=))
         self._cpus = cpus  # the fork server's affinity, so every worker's
         self.max_workers = max_workers
         self._max_tasks = max_tasks_per_child or 0
@@ -251,6 +254,21 @@ class Monitor:
         """Return counters: workers, pending, running, and totals since start."""
         with self._lock:
             return self._machine.stats()
+
+    def timings(self) -> dict[str, tuple[tuple[float, ...], list[int], float]]:
+        """Snapshots of the duration and queue wait histograms (see ``_metrics``).
+
+        The first call starts them: runs that start or end from then on are counted.
+        """
+        with self._lock:
+            machine = self._machine
+            if machine.timings is None:
+                machine.timings = RunTimings()
+            timings = machine.timings
+            return {
+                "duration": timings.duration.snapshot(),
+                "queue_wait": timings.queue_wait.snapshot(),
+            }
 
     def _wake(self) -> None:
         # BlockingIOError: a wake-up is already pending, which is all we need.

@@ -164,6 +164,11 @@ class Node:
         self._claim_name()
         self._workers = [QueueWorker(q, workers=workers, drain=drain) for q in self._queues]
 
+    @property
+    def queue_workers(self) -> list[QueueWorker]:
+        """The QueueWorker serving each supervisor (their pools and job metrics)."""
+        return list(self._workers)
+
     def _claim_name(self) -> None:
         token = f"{self._info['host']}:{self._info['pid']}"
         if not self.redis.set(alive_key(self.name), token, nx=True, ex=int(ALIVE_TTL)):

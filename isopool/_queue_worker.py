@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from . import _inspect
 from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
+from ._metrics import JobMetrics
 from ._policy import backoff_delay
 from ._pool import Pool
 from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
@@ -67,6 +68,7 @@ class _Run:
     lost: bool = False  # our lease was taken: never commit
     cancelled: bool = False  # the job was cancelled while running
     commit: tuple[Any, ...] | None = None  # a FINISH that Redis did not take yet
+    started: float = dataclasses.field(default_factory=time.monotonic)  # for the metrics
 
 
 class QueueWorker:
@@ -79,6 +81,10 @@ class QueueWorker:
             prefetch hides the Redis round trip for short jobs.
         drain: On stop, seconds to let running jobs finish before handing them back.
         consumer: This worker's name in the consumer group (default host:pid:random).
+
+    Attributes:
+        metrics: What it counts about its jobs (``_metrics.JobMetrics``), served by
+            ``isopool worker --metrics-port``.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class QueueWorker:
         self._beat = _inspect.Heartbeat(
             queue.redis, queue.prefix, self.consumer, self.pool.max_workers, self.capacity
         )
+        self.metrics = JobMetrics(queue.name, held=lambda: len(self._runs))  # see _metrics
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
@@ -143,6 +150,7 @@ class QueueWorker:
             except QueueUnavailableError as exc:
                 if _state_lost(exc):
                     raise
+                self.metrics.redis_error()
                 log.warning("queue %r: %s; retrying in %.1f s", self.queue.name, exc, pause)
                 self._stopping.wait(pause)
                 pause = min(_BACKOFF_CAP, pause * 2)
@@ -240,6 +248,7 @@ class QueueWorker:
             )
         verdict = _text(reply[0])
         if verdict == "dead":
+            self.metrics.stored("dead")
             log.error(
                 "queue %r: job %s dead-lettered (delivery limit)", self.queue.name, _text(reply[1])
             )
@@ -252,6 +261,7 @@ class QueueWorker:
             _text(reply[4]),
             int(reply[5]),
         )
+        self.metrics.started(entry, _now_ms(), claimed=claim_ms >= 0)
         if claim_ms >= 0:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
         try:
@@ -335,6 +345,7 @@ class QueueWorker:
                 continue
             if run.commit is None:
                 run.commit = self._decide(run)
+                self.metrics.finished(run.task, time.monotonic() - run.started)
             if self._commit(*run.commit):
                 del self._runs[entry]
                 self._release_unique(run)
@@ -409,9 +420,11 @@ class QueueWorker:
         except QueueUnavailableError as exc:
             if _state_lost(exc):
                 raise
+            self.metrics.redis_error()
             return False
         if done:
             self._beat.count(status)
+            self.metrics.stored(status)
         else:
             log.warning(
                 "queue %r: result of job %s refused: another worker holds its lease",

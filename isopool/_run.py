@@ -53,6 +53,7 @@ class Runnable(Protocol):
     _run: Run | None
     _stop: StopRequest | None
     _pid: int | None
+    _queued_at: float  # when submit() queued it (monotonic): its queue wait's start
     _usage: bytes | None  # its last run's USAGE trailer
     _label: str | None  # "supervisor 'X'" for a supervisor's children, in logs
     _intensity: RestartIntensity | None  # its supervisor's (or its own) restart budget

@@ -201,6 +201,7 @@ class Task(Future[R], Generic[R]):
     _run: Run | None  # its run on a worker (see _run), while it is on one
     _stop: StopRequest | None  # kill()/shutdown() asked for it to stop: never re-run
     _pid: int | None  # its last run's worker
+    _queued_at: float  # when submit() queued it (monotonic): its queue wait's start
     _label: str | None
     # Task-owned state (the Elixir API):
     _awaited: bool  # await_ was called: a second call is an error
@@ -228,14 +229,16 @@ class Task(Future[R], Generic[R]):
         kwargs: dict[str, object],
         options: TaskOptions,
         intensity: RestartIntensity | None = None,
+        usage: bool = True,
     ) -> Task[Any]:
         """Pickle one call and return its Task, not yet submitted.
 
         A call that cannot be pickled gives a Task that already failed with
         ``SerializationError`` (as ``ProcessPoolExecutor`` fails the future).
+        ``usage``: whether the worker measures what the call cost (``Task.usage``).
         """
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
+            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus, usage)
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc
@@ -289,6 +292,7 @@ class Task(Future[R], Generic[R]):
         self._run = None
         self._stop = None
         self._pid = None
+        self._queued_at = 0.0
         self._label = None  # "supervisor 'X'" in logs, for a supervisor's children
         self._awaited = False
         self._unlink = None
@@ -329,7 +333,8 @@ class Task(Future[R], Generic[R]):
 
         None until the task has finished, and for a task whose worker sent nothing
         back (it crashed, timed out or was killed while running, or its call did
-        not unpickle). For a task run more than once, its last run's.
+        not unpickle), and on a pool made with ``usage=False``. For a task run more
+        than once, its last run's.
         See ``Usage`` for what each figure measures and how exact it is.
         """
         if not self.done():

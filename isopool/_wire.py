@@ -307,12 +307,17 @@ def dumps_call(
     kwargs: dict[str, object],
     memory_limit: int | None,
     cpus: frozenset[int] | None = None,
+    usage: bool = True,
 ) -> bytes:
     """Pickle one call for a worker; raises whatever pickling raised.
 
     The tuple is ``(fn, args, kwargs, memory_limit)``, plus ``cpus`` (the CPUs to run
-    the call on) only when given: a call without it is the same bytes as before.
+    the call on) only when given, plus ``False`` after it when the worker must not
+    measure the call's usage (its reply then carries ``NOT_RUN``): a call with
+    neither is the same bytes as before.
     """
+    if not usage:
+        return dumps((fn, args, kwargs, memory_limit, cpus, False))
     if cpus is None:
         return dumps((fn, args, kwargs, memory_limit))
     return dumps((fn, args, kwargs, memory_limit, cpus))

@@ -16,7 +16,8 @@ channel; bytes a task writes there anyway lack the worker's cookie and are repor
 Every reply ends with the USAGE trailer (``_wire``): wall time, CPU and context
 switches of this process and its reaped children, measured just around the task's
 function (``getrusage``: SELF before, SELF and CHILDREN after; about 3.5 us a call
-where syscalls are slow, as in a VM), and the RSS high-water mark. A call that
+where syscalls are slow, as in a VM), and the RSS high-water mark; a pool made with
+``usage=False`` sends ``NOT_RUN`` instead and makes none of those calls. A call that
 carries ``cpus`` runs with this process's affinity set to them, restored after it.
 
 What the worker does with each failure, so that the parent can pin it on one task:
@@ -259,6 +260,7 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
         call = pickle.loads(payload)
         fn, args, kwargs, memory_limit = call[:4]
         cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
+        measure = len(call) < 6  # Pool(usage=False) appends False: no getrusage at all
         if isinstance(fn, str):
             fn = _resolve(fn)
     except BaseException as exc:
@@ -267,18 +269,18 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     if memory_limit is not None:
         _set_memory_limit(memory_limit)
     pinned = None
-    start = _usage_start()
+    start = _usage_start() if measure else None
     try:
         if cpus is not None:
             pinned = _pin(cpus)  # an OSError here fails the task, not the worker
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        usage = _usage_since(start)
+        usage = _NOT_RUN if start is None else _usage_since(start)
         if memory_limit is not None and isinstance(exc, MemoryError):
             exc.add_note(f"isopool: the task hit its memory_limit of {memory_limit} bytes")
         _send_exception(result_fd, task_id, exc, usage)
     else:
-        usage = _usage_since(start)
+        usage = _NOT_RUN if start is None else _usage_since(start)
         try:
             data = _wire.dumps(value)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
