@@ -191,7 +191,7 @@ class Isopool:
     name = "isopool"
     key = "pid"  # warm-up: distinct job processes
 
-    def __init__(self, server, lease=2.0):
+    def __init__(self, server, lease=30.0):
         import isopool
 
         self.server, self.lease = server, lease
@@ -481,7 +481,14 @@ def run(args):
     noop_jobs = 100 if args.quick else 1000
     cpu_jobs = 50 if args.quick else 300
     lat_jobs = 30 if args.quick else 200
-    results = {"meta": {"cpus": os.cpu_count(), "versions": versions(), "started": time.time()}}
+    results = {
+        "meta": {
+            "cpus": os.cpu_count(),
+            "versions": versions(),
+            "started": time.time(),
+            "load_start": os.getloadavg()[0],
+        }
+    }
     SERVER = RedisServer()
     try:
         for _ in range(args.repeats):  # peers interleaved: a noisy minute hits them all
@@ -516,6 +523,7 @@ def run(args):
         SERVER.stop()
     results["meta"]["sizes"] = {"noop": noop_jobs, "cpu-10ms": cpu_jobs, "latency": lat_jobs}
     results["meta"]["seconds"] = time.time() - results["meta"]["started"]
+    results["meta"]["load_end"] = os.getloadavg()[0]
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(table([results]))
 
