@@ -46,3 +46,8 @@ def whoami(seconds):
 @dramatiq.actor(store_results=True)
 def mark_sleep(path, seconds):
     return t.mark_sleep(path, seconds)
+
+
+@dramatiq.actor(store_results=True)
+def burn_ms_span(ms):
+    return t.burn_ms_span(ms)

@@ -108,3 +108,10 @@ def mark_sleep(path, seconds):
     os.replace(tmp, path)
     time.sleep(seconds)
     return os.environ.get("BENCH_WORKER", "?")
+
+
+def burn_ms_span(milliseconds):
+    """``burn_ms``, returning ``[pid, start, end]`` (monotonic): idle gaps between jobs."""
+    start = time.monotonic()
+    burn_ms(milliseconds)
+    return [os.getpid(), start, time.monotonic()]
