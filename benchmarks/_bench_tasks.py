@@ -84,3 +84,34 @@ def burn_ms(milliseconds):
     while time.thread_time() < deadline:
         total += sum(range(200))
     return total
+
+
+# -- the queue benchmark's jobs (queue_bench.py); every peer runs these same functions ---
+
+
+def stamp():
+    """Return the moment this job started (CLOCK_MONOTONIC, comparable across processes)."""
+    return time.monotonic()
+
+
+def whoami(seconds):
+    """Sleep a little, then say which worker instance (BENCH_WORKER) and process ran us."""
+    time.sleep(seconds)
+    return [os.environ.get("BENCH_WORKER", "?"), os.getpid()]
+
+
+def mark_sleep(path, seconds):
+    """Write ``"<pid> <pgid>"`` to ``path``, sleep, then return the worker instance's tag."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {os.getpgid(0)}")
+    os.replace(tmp, path)
+    time.sleep(seconds)
+    return os.environ.get("BENCH_WORKER", "?")
+
+
+def burn_ms_span(milliseconds):
+    """``burn_ms``, returning ``[pid, start, end]`` (monotonic): idle gaps between jobs."""
+    start = time.monotonic()
+    burn_ms(milliseconds)
+    return [os.getpid(), start, time.monotonic()]

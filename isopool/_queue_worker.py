@@ -56,6 +56,28 @@ _IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
 _BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
 _BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
 
+# One round trip instead of one XREADGROUP per band: reads the bands most urgent first
+# and stops once ``room`` entries are taken, as the loop it replaces did. KEYS are the
+# band streams (one hash tag, so one slot); ARGV: group, consumer, room.
+_FETCH_LUA: Final = """
+local got, room = {}, tonumber(ARGV[3])
+for band, key in ipairs(KEYS) do
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2],
+                           'COUNT', room - #got, 'STREAMS', key, '>')
+  if reply then
+    for _, entry in ipairs(reply[1][2]) do
+      local fields, id = entry[2], ''
+      for i = 1, #fields, 2 do
+        if fields[i] == 'id' then id = fields[i + 1] end
+      end
+      got[#got + 1] = {band - 1, entry[1], id}
+    end
+    if #got >= room then break end
+  end
+end
+return got
+"""
+
 
 @dataclasses.dataclass(slots=True)
 class _Run:
@@ -111,6 +133,7 @@ class QueueWorker:
             queue.redis, queue.prefix, self.consumer, self.pool.max_workers, self.capacity
         )
         self.metrics = JobMetrics(queue.name, held=lambda: len(self._runs))  # see _metrics
+        self._fetch_script = queue.redis.register_script(_FETCH_LUA)
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
@@ -194,15 +217,10 @@ class QueueWorker:
     def _fetch(self, room: int, block_ms: int | None) -> None:
         """Take up to ``room`` new entries, most urgent band first."""
         r: Any = self.queue.redis
-        got: list[tuple[int, str, str]] = []
+        bands = [self.queue.stream(b) for b in range(MAX_PRIORITY + 1)]
         with self.queue.translate_errors():
-            for band in range(MAX_PRIORITY + 1):
-                reply = r.xreadgroup(
-                    GROUP, self.consumer, {self.queue.stream(band): ">"}, count=room - len(got)
-                )
-                got.extend(_entries(reply))
-                if len(got) >= room:
-                    break
+            reply = self._fetch_script(keys=bands, args=[GROUP, self.consumer, room])
+            got = [(int(band), _text(entry), _text(job_id)) for band, entry, job_id in reply]
             if not got and block_ms is not None and not self._stopping.is_set():
                 streams = {self.queue.stream(b): ">" for b in range(MAX_PRIORITY + 1)}
                 got = _entries(r.xreadgroup(GROUP, self.consumer, streams, count=1, block=block_ms))

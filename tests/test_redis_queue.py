@@ -676,6 +676,23 @@ def test_queue_band_0_jobs_all_start_before_band_9_jobs(redis_server, queues, pr
     assert started == [f"0-{i}" for i in range(4)] + [f"9-{i}" for i in range(4)]
 
 
+@pytest.mark.redis
+def test_worker_fetch_takes_most_urgent_bands_first_up_to_its_room(queues):
+    """One fetch takes band 0, then band 3, and stops at its room, leaving band 9 queued."""
+    queue = queues()
+    for priority, count in ((9, 2), (3, 2), (0, 1)):
+        for _ in range(count):
+            queue.options(priority=priority).enqueue(ECHO, priority)
+    worker = QueueWorker(queue, workers=1, consumer="fetcher", drain=0.0)
+    try:
+        bands = [queue.stream(b) for b in range(10)]
+        reply = worker._fetch_script(keys=bands, args=[GROUP, "fetcher", 3])
+        assert [int(band) for band, _entry in reply] == [0, 3, 3]
+        assert queue.pending() == 2
+    finally:
+        worker.pool.terminate()
+
+
 def test_pool_priority_0_tasks_start_before_priority_9_tasks(tmp_path):
     """On a busy Pool(1), priority-0 tasks start before earlier priority-9 ones, FIFO within."""
     ready, gate, order = tmp_path / "ready", tmp_path / "gate", tmp_path / "order"
