@@ -687,7 +687,7 @@ def test_worker_fetch_takes_most_urgent_bands_first_up_to_its_room(queues):
     try:
         bands = [queue.stream(b) for b in range(10)]
         reply = worker._fetch_script(keys=bands, args=[GROUP, "fetcher", 3])
-        assert [int(band) for band, _entry in reply] == [0, 3, 3]
+        assert [int(band) for band, _entry, _job_id in reply] == [0, 3, 3]
         assert queue.pending() == 2
     finally:
         worker.pool.terminate()
