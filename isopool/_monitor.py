@@ -260,9 +260,10 @@ class Monitor:
         with self._lock:
             self._check_open_locked()
             self._stats["submitted"] += 1
+            backlog = bool(self._pending)
             self._pending.push(task)
             refused: list[Outcome] = []
-            self._dispatch_locked(time.monotonic(), refused)
+            self._dispatch_after_submit_locked(backlog, refused)
             wake = self._take_wake_locked()
         if wake:
             self._wake()
@@ -412,6 +413,19 @@ class Monitor:
         if self._state is not State.RUNNING:
             raise PoolClosedError(f"cannot schedule new tasks after shutdown (pool {self.name!r})")
 
+    def _dispatch_after_submit_locked(self, backlog: bool, out: list[Outcome]) -> None:
+        """Dispatch the task just queued, unless tasks were waiting before it.
+
+        Tasks wait only when the last dispatch found no room, and room appears only on
+        the monitor thread (a reply, a new worker, a REVOKED answer), which dispatches
+        before it lets go of the lock. So a submit behind a backlog would find no room
+        either, and skipping its attempt saves a third of ``submit``'s time in a
+        burst. The one thing it changes: a task of higher priority than a backlog whose
+        head waits for an idle worker (a supervisor's child) waits for the next reply.
+        """
+        if not backlog:
+            self._dispatch_locked(time.monotonic(), out)
+
     def _depth(self, worker: WorkerHandle, now: float) -> int:
         depth = 1 if self._ema is None or self._ema >= _FAST_TASK else _PIPELINE_DEPTH
         if worker.tasks and _running_long(worker, now, self._ema):
@@ -485,6 +499,18 @@ class Monitor:
         task._worker = worker
         if worker.queue_call(task):
             self._start_head_locked(worker, now)
+        self._retire_at_last_call_locked(worker)
+
+    def _retire_at_last_call_locked(self, worker: WorkerHandle) -> None:
+        """``worker`` was given its last call (``max_tasks_per_child``): replace it now.
+
+        It takes no more calls and exits by itself after that one, so its replacement
+        is forked while the call runs instead of after its reply: with
+        ``max_tasks_per_child=1`` each fork overlaps a task rather than following it.
+        """
+        if self._max_tasks and worker.assigned >= self._max_tasks and not worker.retired:
+            worker.retired = True
+            self._replace_workers_locked()
 
     def _start_head_locked(self, worker: WorkerHandle, now: float) -> None:
         """The head of ``worker`` starts running now (if the worker exists yet)."""
