@@ -446,8 +446,8 @@ class Monitor:
         workers = [w for w in self._workers if w.accepting]
         touched: set[WorkerHandle] = set()
         while workers and self._pending:
-            worker = min(workers, key=lambda w: len(w.tasks))
-            if len(worker.tasks) >= self._depth(worker, now):
+            worker = self._least_loaded_with_room(workers, now)
+            if worker is None:
                 break
             task = self._pending.pop()
             if task is None:
@@ -474,6 +474,22 @@ class Monitor:
         for worker in touched:
             self._flush_locked(worker)
         self._steal_locked(now)
+
+    def _least_loaded_with_room(
+        self, workers: list[WorkerHandle], now: float
+    ) -> WorkerHandle | None:
+        """The worker with the fewest calls among those below their own depth.
+
+        Each worker's own depth, not the least loaded one's: a worker running a slow
+        call takes nothing behind it (depth 1), and must not stop the pipelined
+        workers from being refilled until they run dry (which halved their rate).
+        """
+        best = None
+        for worker in workers:
+            load = len(worker.tasks)
+            if (best is None or load < len(best.tasks)) and load < self._depth(worker, now):
+                best = worker
+        return best
 
     def _steal_locked(self, now: float) -> None:
         """Nothing pending and a worker idle: take back calls queued behind a slow one.
