@@ -103,7 +103,7 @@ class IsopoolPeer(_ExecutorPeer):
     name = "isopool"
     distribution = "isopool"
     modules = ("isopool",)
-    start_method = "fork server (one fresh interpreter), then fork per worker"
+    start_method = "fork server (a fork of the caller if it runs one thread), then fork per worker"
 
     def start(self, workers, max_tasks_per_child=None):
         import isopool
