@@ -52,7 +52,7 @@ from ._spec import (
     resolve_function,
 )
 from ._task import Task
-from ._worker import run_chunk
+from ._worker import run_chunk, run_chunk_of_one
 
 __all__ = ["Pool", "PoolOptions", "at_exit", "default_pool"]
 
@@ -500,6 +500,15 @@ class Pool(Executor):
             def submit_next() -> Task[Any] | None:
                 args = next(calls, None)
                 return None if args is None else self._submit(fn, args, {}, options)
+
+        elif len(iterables) == 1:
+            items = iter(iterables[0])
+
+            def submit_next() -> Task[Any] | None:
+                chunk = list(itertools.islice(items, chunksize))
+                if not chunk:
+                    return None
+                return self._submit(run_chunk_of_one, (fn, chunk), {}, options)
 
         else:
 

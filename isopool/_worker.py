@@ -53,7 +53,15 @@ from . import _wire
 from ._errors import Shutdown
 from ._reaper import EXIT_PIPE_LOST
 
-__all__ = ["BATCH_DONE", "BatchStopped", "Initializer", "run_batch", "run_chunk", "serve"]
+__all__ = [
+    "BATCH_DONE",
+    "BatchStopped",
+    "Initializer",
+    "run_batch",
+    "run_chunk",
+    "run_chunk_of_one",
+    "serve",
+]
 
 _READ_SIZE = 1 << 20
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
@@ -371,6 +379,17 @@ def run_chunk(fn: Callable[..., object] | str, chunk: list[tuple[object, ...]]) 
     if isinstance(fn, str):
         fn = _resolve(fn)
     return [fn(*args) for args in chunk]
+
+
+def run_chunk_of_one(fn: Callable[..., object] | str, items: list[object]) -> list[object]:
+    """``run_chunk`` for ``map`` over one iterable: its items, not 1-tuples of them.
+
+    Half the objects to pickle and unpickle per item, as ``multiprocessing.Pool``
+    sends them (its ``mapstar``).
+    """
+    if isinstance(fn, str):
+        fn = _resolve(fn)
+    return list(map(fn, items))
 
 
 # The attribute of an exception raised by one item of a batch (``run_batch``) that
