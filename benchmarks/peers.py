@@ -3,6 +3,7 @@
 Each peer wraps one library behind the same five calls, so a scenario is written
 once and runs against all of them:
 
+    load()                                import the library (before any clock starts)
     start(workers, max_tasks_per_child=None)
     submit(fn, *args)                     -> a future: result(timeout), done()
     map(fn, items, chunksize)             -> list of results, in order
@@ -59,6 +60,13 @@ class Peer(ABC):
         except importlib.metadata.PackageNotFoundError:
             return "stdlib" if cls.distribution == "multiprocessing" else "not installed"
 
+    modules: tuple[str, ...] = ()  # what ``load`` imports
+
+    def load(self):
+        """Import the peer's library, so that no scenario's clock counts the import."""
+        for module in self.modules:
+            importlib.import_module(module)
+
     @abstractmethod
     def start(self, workers, max_tasks_per_child=None): ...
 
@@ -94,7 +102,8 @@ class _ExecutorPeer(Peer):
 class IsopoolPeer(_ExecutorPeer):
     name = "isopool"
     distribution = "isopool"
-    start_method = "fork server (one fresh interpreter), then fork per worker"
+    modules = ("isopool",)
+    start_method = "fork server (a fork of the caller if it runs one thread), then fork per worker"
 
     def start(self, workers, max_tasks_per_child=None):
         import isopool
@@ -174,6 +183,7 @@ class _StdlibExecutorPeer(_ExecutorPeer):
     """concurrent.futures.ProcessPoolExecutor with one multiprocessing start method."""
 
     distribution = "multiprocessing"
+    modules = ("concurrent.futures.process",)
 
     @classmethod
     def missing(cls):
@@ -207,6 +217,7 @@ class PPEForkserverPeer(_StdlibExecutorPeer):
 class LokyPeer(_ExecutorPeer):
     name = "loky"
     distribution = "loky"
+    modules = ("loky",)
     start_method = "loky (a fresh interpreter per worker)"
 
     def start(self, workers, max_tasks_per_child=None):
@@ -241,6 +252,7 @@ class _AsyncResultFuture:
 class MpPoolPeer(Peer):
     name = "mp-pool"
     distribution = "multiprocessing"
+    modules = ("multiprocessing.pool",)
     start_method = "fork"
 
     @classmethod
@@ -269,6 +281,7 @@ class MpPoolPeer(Peer):
 class PebblePeer(Peer):
     name = "pebble"
     distribution = "pebble"
+    modules = ("pebble",)
     start_method = "fork"
 
     def start(self, workers, max_tasks_per_child=None):

@@ -48,6 +48,8 @@ class Sizes:
     task_timeout: float = 0.5
     floor_round_trips: int = 5_000
     floor_forks: int = 200
+    hol_tiny_tasks: int = 2_000
+    hol_slow_seconds: float = 1.0
 
 
 FULL = Sizes()
@@ -63,6 +65,8 @@ QUICK = Sizes(
     crash_wait=1.5,
     floor_round_trips=500,
     floor_forks=30,
+    hol_tiny_tasks=200,
+    hol_slow_seconds=0.3,
 )
 MAP_CHUNKSIZES = (1, 100, 1000)
 
@@ -495,6 +499,46 @@ def task_timeout(peer, sizes):
     }
 
 
+# -- 9b. head-of-line blocking --------------------------------------------------------------
+
+
+def head_of_line(peer, sizes):
+    """One slow task submitted first, then many tiny ones, on 2 workers.
+
+    No tiny task should wait behind the slow one while the other worker is idle, so
+    the last tiny result should come after about the tiny tasks' time on one worker
+    (measured first, on a one-worker pool of the same peer), long before the slow
+    task ends, and the total should be within 10% of ``slow + tiny on one worker``.
+    A tiny task that waited behind the slow one comes only once the slow one could
+    have ended (``slow_s`` after the start): ``tiny_after_slow`` counts them.
+    """
+    count, slow_s = sizes.hol_tiny_tasks, sizes.hol_slow_seconds
+    with running(peer, 1):
+        warm_up(peer, 1)
+        start = time.perf_counter()
+        wait_all([peer.submit(tasks.noop) for _ in range(count)])
+        one_worker = time.perf_counter() - start
+    with running(peer, 2):
+        warm_up(peer, 2)
+        start = time.perf_counter()
+        slow = peer.submit(tasks.sleep_return, slow_s)
+        tiny = [peer.submit(tasks.noop) for _ in range(count)]
+        finished = []
+        for future in tiny:
+            future.result(timeout=WAIT)
+            finished.append(time.perf_counter() - start)
+        slow.result(timeout=WAIT)
+        total = time.perf_counter() - start
+    bound = slow_s + one_worker
+    return {
+        "total_s": total,
+        "over_bound": total / bound,
+        "last_tiny_s": finished[-1],
+        "tiny_after_slow": sum(1 for t in finished if t >= slow_s),
+        "tiny_one_worker_s": one_worker,
+    }
+
+
 # -- 10. floors: what the operating system costs ------------------------------------------
 
 
@@ -754,6 +798,23 @@ SCENARIOS = {
                 lower("next_task_ms", "ms for the next task on the same pool"),
             ),
             limits=(30, 60),
+        ),
+        Scenario(
+            "head-of-line",
+            "head-of-line: one 1 s task, then 2,000 tiny ones, on 2 workers",
+            head_of_line,
+            (
+                lower("total_s", "wall seconds for all of them", "{:.3f}"),
+                lower(
+                    "over_bound",
+                    "total / (1 s + the tiny tasks on one worker); <= 1.10 is the target",
+                    "{:.3f}",
+                ),
+                lower("last_tiny_s", "s until the last tiny result", "{:.3f}"),
+                shown("tiny_after_slow", "tiny results only after the slow one's 1 s (0 is right)"),
+                shown("tiny_one_worker_s", "s for the tiny tasks on a 1-worker pool", "{:.3f}"),
+            ),
+            limits=(30, 120),
         ),
         Scenario(
             "memory",

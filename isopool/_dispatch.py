@@ -157,8 +157,8 @@ class Dispatcher:
         workers = [w for w in self.workers if w.accepting]
         touched: set[WorkerHandle] = set()
         while workers and self.pending:
-            worker = min(workers, key=lambda w: len(w.tasks))
-            if len(worker.tasks) >= self._depth(worker, now):
+            worker = self._least_loaded_with_room(workers, now)
+            if worker is None:
                 break
             task = self.pending.pop()
             if task is None:
@@ -183,10 +183,38 @@ class Dispatcher:
             task._run = worker.queue_call(task)
             if len(worker.tasks) == 1:
                 self._start_head(worker, now)
+            self._retire_at_last_call(worker)
             touched.add(worker)
         for worker in touched:
             self.io.flush(worker)
         self._steal(now)
+
+    def _least_loaded_with_room(
+        self, workers: list[WorkerHandle], now: float
+    ) -> WorkerHandle | None:
+        """The worker with the fewest calls among those below their own depth.
+
+        Each worker's own depth, not the least loaded one's: a worker running a slow
+        call takes nothing behind it (depth 1), and must not stop the pipelined
+        workers from being refilled until they run dry (which halved their rate).
+        """
+        best = None
+        for worker in workers:
+            load = len(worker.tasks)
+            if (best is None or load < len(best.tasks)) and load < self._depth(worker, now):
+                best = worker
+        return best
+
+    def _retire_at_last_call(self, worker: WorkerHandle) -> None:
+        """``worker`` was given its last call (``max_tasks_per_child``): replace it now.
+
+        It takes no more calls and exits by itself after that one, so its replacement
+        is forked while the call runs instead of after its reply: with
+        ``max_tasks_per_child=1`` each fork overlaps a task rather than following it.
+        """
+        if self.max_tasks and worker.assigned >= self.max_tasks and worker.accepting:
+            worker.retire()
+            self._replace_workers()
 
     def _steal(self, now: float) -> None:
         """Nothing pending and a worker idle: take back calls queued behind a slow one.

@@ -96,8 +96,15 @@ class Machine(Dispatcher):
         self.check_open()
         self._stats["submitted"] += 1
         task._queued_at = now
+        # Tasks wait only when the last dispatch found no room, and room appears only on
+        # the monitor's events (a reply, a new worker, a REVOKED answer), each of which
+        # dispatches: a submit behind a backlog would find no room either, and skipping
+        # its attempt saves a third of submit's time in a burst. (A task of higher
+        # priority than a backlog waiting for an idle worker waits for the next reply.)
+        backlog = bool(self.pending)
         self.pending.push(task)
-        self._dispatch(now, out)
+        if not backlog:
+            self._dispatch(now, out)
 
     def kill(
         self, task: Runnable, stop: StopRequest, now: float, out: list[Outcome]

@@ -34,6 +34,7 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
+from ._batched import batched_results
 from ._errors import PoolClosedError
 from ._monitor import Monitor, State
 from ._policy import RestartIntensity
@@ -51,7 +52,7 @@ from ._spec import (
     resolve_function,
 )
 from ._task import Task
-from ._worker import run_chunk
+from ._worker import run_chunk, run_chunk_of_one
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -533,11 +534,38 @@ class Pool(Executor):
         wait = check_wait("timeout", timeout)
         end_time = None if wait is None else wait + time.monotonic()
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        bar = make_progress(progress, total_of(*iterables) if progress is not False else None)
+        window = buffersize or _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
+        if _batchable(chunksize, buffersize, options):
+            try:
+                return batched_results(
+                    lambda f, args: self._submit(f, args, {}, options),
+                    fn,
+                    calls,
+                    window,
+                    end_time,
+                    bar,
+                    total_of(*iterables),
+                    self._monitor.max_workers,
+                )
+            except BaseException:
+                if bar is not None:
+                    bar.close()
+                raise
         if chunksize == 1:
 
             def submit_next() -> Task[Any] | None:
                 args = next(calls, None)
                 return None if args is None else self._submit(fn, args, {}, options)
+
+        elif len(iterables) == 1:
+            items = iter(iterables[0])
+
+            def submit_next() -> Task[Any] | None:
+                chunk = list(itertools.islice(items, chunksize))
+                if not chunk:
+                    return None
+                return self._submit(run_chunk_of_one, (fn, chunk), {}, options)
 
         else:
 
@@ -547,8 +575,6 @@ class Pool(Executor):
                     return None
                 return self._submit(run_chunk, (fn, chunk), {}, options)
 
-        bar = make_progress(progress, total_of(*iterables) if progress is not False else None)
-        window = buffersize or _MAP_WINDOW_PER_WORKER * self._monitor.max_workers
         first: collections.deque[Task[Any]] = collections.deque()
         try:
             while len(first) < window and (task := submit_next()) is not None:
@@ -558,6 +584,16 @@ class Pool(Executor):
                 bar.close()
             raise
         return _map_results(first, submit_next, end_time, chunksize, bar)
+
+
+def _batchable(chunksize: int, buffersize: int | None, options: TaskOptions) -> bool:
+    """Whether ``map`` may send items in batches (see ``_batched`` for what it keeps)."""
+    return (
+        chunksize == 1
+        and buffersize is None
+        and options.timeout is None
+        and options.restart == "temporary"
+    )
 
 
 def _map_results(

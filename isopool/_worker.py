@@ -54,7 +54,15 @@ from . import _wire
 from ._errors import Shutdown
 from ._reaper import EXIT_PIPE_LOST
 
-__all__ = ["Initializer", "run_chunk", "serve"]
+__all__ = [
+    "BATCH_DONE",
+    "BatchStopped",
+    "Initializer",
+    "run_batch",
+    "run_chunk",
+    "run_chunk_of_one",
+    "serve",
+]
 
 _READ_SIZE = 1 << 20
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
@@ -373,6 +381,68 @@ def run_chunk(fn: Callable[..., object] | str, chunk: list[tuple[object, ...]]) 
     if isinstance(fn, str):
         fn = _resolve(fn)
     return [fn(*args) for args in chunk]
+
+
+def run_chunk_of_one(fn: Callable[..., object] | str, items: list[object]) -> list[object]:
+    """``run_chunk`` for ``map`` over one iterable: its items, not 1-tuples of them.
+
+    Half the objects to pickle and unpickle per item, as ``multiprocessing.Pool``
+    sends them (its ``mapstar``).
+    """
+    if isinstance(fn, str):
+        fn = _resolve(fn)
+    return list(map(fn, items))
+
+
+# The attribute of an exception raised by one item of a batch (``run_batch``) that
+# carries the values of the items before it, so they travel back with it.
+BATCH_DONE: Final = "_isopool_batch_done"
+
+
+class BatchStopped(NamedTuple):
+    """``run_batch``'s reply when an item's exception cannot carry ``BATCH_DONE``.
+
+    That exception refuses attributes or pickles itself; ``values`` are the values of
+    the items before it. The parent runs that item again on its own, to raise it.
+    """
+
+    values: list[object]
+
+
+def run_batch(
+    fn: Callable[..., object] | str, calls: list[tuple[object, ...]]
+) -> list[object] | BatchStopped:
+    """Apply ``fn`` to each argument tuple of ``calls``: ``Pool.map``'s batches.
+
+    Unlike ``run_chunk``, an exception belongs to its item: the values of the items
+    before it ride back on it (``BATCH_DONE``), and the items after it do not run.
+    """
+    if isinstance(fn, str):
+        fn = _resolve(fn)
+    values: list[object] = []
+    for args in calls:
+        try:
+            values.append(fn(*args))
+        except BaseException as exc:
+            if not _carries_attributes(exc):
+                return BatchStopped(values)
+            try:
+                setattr(exc, BATCH_DONE, values)
+            except BaseException:
+                return BatchStopped(values)
+            raise
+    return values
+
+
+def _carries_attributes(exc: BaseException) -> bool:
+    """Whether pickling ``exc`` keeps its attributes (BaseException's and OSError's do)."""
+    kind = type(exc)
+    return kind.__reduce__ in _REDUCES_WITH_DICT and (
+        kind.__reduce_ex__ is BaseException.__reduce_ex__
+    )
+
+
+_REDUCES_WITH_DICT: Final = (BaseException.__reduce__, OSError.__reduce__)
 
 
 _resolved: dict[str, Callable[..., object]] = {}

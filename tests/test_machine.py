@@ -473,3 +473,31 @@ def test_machine_closes_after_shutdown_once_workers_exit() -> None:
         engine.exited(worker, _EXIT_0)
     assert engine.tick() is True
     assert engine.machine.state is State.CLOSED
+
+
+def test_machine_slow_call_on_one_worker_leaves_the_other_pipelined() -> None:
+    """Behind a call running long on one worker, the other is still filled to its depth."""
+    engine = Engine(workers=2)
+    engine.spawn_all()
+    engine.machine.ema = 0.0001
+    slow = engine.submit(engine.task())
+    busy = slow._run.worker if slow._run is not None else None
+    assert busy is not None
+    other = next(w for w in engine.machine.workers if w is not busy)
+    engine.tick(0.05)  # the slow call has now run long: nothing more goes behind it
+    for _ in range(40):
+        engine.submit(engine.task())
+    assert len(busy.tasks) == 1
+    assert len(other.tasks) == 16  # its pipeline depth, not one call at a time
+    assert len(engine.machine.pending) == 40 - 16
+
+
+def test_machine_last_call_of_a_worker_forks_its_replacement_at_once() -> None:
+    """max_tasks_per_child=1: the worker given its last call is replaced while it runs."""
+    engine = Engine(max_tasks=1)
+    engine.spawn_all()
+    worker = engine.worker()
+    engine.submit(engine.task())
+    assert worker.phase is WorkerPhase.RETIRING
+    assert len(engine.machine.workers) == 2
+    assert ("spawn", engine.machine.workers[1].id) in engine.port.effects
