@@ -14,7 +14,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import ProtocolError
 from ._process import WorkerPipes
 
@@ -85,7 +85,9 @@ class WorkerHandle:
         self.assigned += 1
         task._call_number = self.assigned  # the worker numbers its calls the same way
         payload = task._payload
-        header = _wire.pack_header(_wire.CALL, task.id, len(payload))
+        # A raw task's result goes back to Redis as it is: never in a memfd.
+        kind = _wire.CALL_INBAND if task._raw else _wire.CALL
+        header = _wire.pack_header(kind, task.id, len(payload))
         if len(payload) < _SMALL_FRAME:
             self.out.append(memoryview(header + payload))
         else:
@@ -104,6 +106,13 @@ class WorkerHandle:
             return False
         self.revoking[task._call_number] = task
         return True
+
+    def release(self, token: int) -> None:
+        """Tell the worker it may close the memfd of its result ``token`` (see _oob)."""
+        try:
+            os.write(self.pipes.control_w, _wire.REVOKE.pack(token | _oob.RELEASE_BIT))
+        except OSError:  # the worker is gone (its memfd with it), or hopelessly behind
+            pass
 
     def flush(self) -> bool:
         """Write what the pipe takes now; return whether bytes remain to be written."""

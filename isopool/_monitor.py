@@ -65,7 +65,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import (
     BrokenPoolError,
     PoolClosedError,
@@ -219,7 +219,9 @@ class Monitor:
         task_id = next(self._task_ids)
         name = describe_function(fn)
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus)
+            payload = _wire.dumps_call(
+                fn, args, kwargs, options.memory_limit, options.cpus, share=True
+            )
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc
@@ -260,6 +262,8 @@ class Monitor:
         with self._lock:
             self._check_open_locked()
             self._stats["submitted"] += 1
+            if isinstance(task._payload, _oob.SharedPayload):
+                self._stats["shared_calls"] += 1
             self._pending.push(task)
             refused: list[Outcome] = []
             self._dispatch_locked(time.monotonic(), refused)
@@ -857,6 +861,12 @@ class Monitor:
         if task._started_at is not None:
             run_time = now - task._started_at
             self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
+        if kind == _wire.RESULT and _oob.is_shared(payload):
+            claimed = self._claim_result_locked(worker, task, payload)
+            if isinstance(claimed, Outcome):
+                self._end_run_locked(task, claimed, now, out)
+                return
+            payload = claimed
         if worker.stop_task is task and not (worker.stop_reason == "kill" and task._keep_reply):
             # Stopped before its reply was read: the time-out or the kill stands
             # (Task.shutdown alone keeps a reply that raced in, as Elixir's does).
@@ -925,6 +935,27 @@ class Monitor:
             task._revoked.set()  # too late: cancel() returns False
         if worker.tasks and worker.tasks[0] is task:
             self._start_head_locked(worker, now)  # it had started: start its clock
+
+    def _claim_result_locked(
+        self, worker: WorkerHandle, task: Task[Any], payload: _wire.Payload
+    ) -> _oob.Received | Outcome:
+        """Open our own descriptor to the memfd of a result's large buffers, now.
+
+        Then the worker may close its own (RELEASE), and the buffers live as long as
+        the outcome: a result nobody collects is freed with its Task. A descriptor
+        that is bogus (a hostile task wrote it) fails this task only.
+        """
+        try:
+            return _oob.claim(payload, worker.pid)
+        except _oob.SharedBufferError as exc:
+            error = _oob.SharedBufferError(
+                f"task {task.id} ({task.name}): its result's shared buffers are unusable: "
+                f"{exc}"
+            )
+            return Outcome.error(task, error)
+        finally:
+            self._stats["shared_results"] += 1
+            worker.release(_oob.token_of(payload))
 
     def _stop_outcome(self, worker: WorkerHandle, task: Task[Any]) -> Outcome:
         if worker.stop_reason == "timeout" and worker.stop_task is task:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -203,7 +202,7 @@ class Outcome:
             return (self.kind, self.data), None  # stays pickled: it goes back to Redis
         if self.kind == "ok":
             try:
-                return pickle.loads(self.data), None
+                return _wire.loads(self.data), None
             except BaseException as exc:  # user code ran in __reduce__ or __setstate__
                 return None, _parent_error(task, "result unpickle", exc, broken=True)
         return None, self.to_exception(task)

@@ -32,7 +32,12 @@ What the worker does with each failure, so that the parent can pin it on one tas
 - the task closes (or breaks) the worker's result pipe: the worker exits with
   ``_reaper.EXIT_PIPE_LOST``, which the parent reports as such.
 
-Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for one exit
+Large buffers of a call or a result travel in sealed memfds, not through the pipes
+(``_oob``): a result's memfd stays open here until the parent says on the control
+pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
+waits for that (at most ``_RELEASE_WAIT``), so no result is lost to a clean exit.
+
+Imports only ``_wire``, ``_oob`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for one exit
 code): worker start-up is a benchmark figure, and the fork server has imported all of this already.
 """
 
@@ -43,13 +48,14 @@ import json
 import os
 import pickle
 import resource
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import Shutdown
 from ._reaper import EXIT_PIPE_LOST
 
@@ -57,6 +63,9 @@ __all__ = ["Initializer", "run_chunk", "serve"]
 
 _READ_SIZE = 1 << 20
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
+# How long an exiting worker waits for the parent to release its last results' memfds:
+# the parent does so as it reads each reply, so this bounds only a parent that hangs.
+_RELEASE_WAIT: Final = 10.0
 
 
 class Initializer(NamedTuple):
@@ -93,14 +102,16 @@ def serve(
             _run_initializer(result_fd, initializer)
         reader = _wire.FrameReader()
         done = 0
+        can_share = control_fd >= 0  # the RELEASE of a result memfd comes on it
         while not max_tasks or done < max_tasks:
             frames = _read_frames(call_fd, reader)
             if frames is None:
                 break
-            for _kind, task_id, payload in frames:
+            for kind, task_id, payload in frames:
                 if revocations.start_next():
-                    _run_call(result_fd, task_id, payload)
+                    _run_call(result_fd, task_id, payload, can_share and kind == _wire.CALL)
                 done += 1  # a revoked call counts too: the parent counted it as written
+        _await_releases(control_fd, revocations.watching)
     except SystemExit as exc:
         _exit(_exit_code(exc))
     _exit(0)
@@ -136,6 +147,7 @@ class _Revocations:
 
     def __init__(self, result_fd: int) -> None:
         self._result_fd = result_fd
+        self.watching = False
         self._lock = threading.Lock()
         self._started = 0
         self._revoked: set[int] = set()
@@ -155,6 +167,7 @@ class _Revocations:
             target=self._watch, args=(control_fd,), name="isopool-revoker", daemon=True
         )
         thread.start()
+        self.watching = True
 
     def _watch(self, control_fd: int) -> None:
         pending = b""
@@ -163,9 +176,10 @@ class _Revocations:
             try:
                 data = os.read(control_fd, 4096)
             except OSError:
+                data = b""
+            if not data:  # the parent is gone; the call pipe's EOF ends the worker
+                _release_all()  # and no RELEASE will come
                 return
-            if not data:
-                return  # the parent is gone; the call pipe's EOF ends the worker
             pending += data
             while len(pending) >= size:
                 (number,) = _wire.REVOKE.unpack_from(pending)
@@ -173,6 +187,9 @@ class _Revocations:
                 self._answer(number)
 
     def _answer(self, number: int) -> None:
+        if number & _oob.RELEASE_BIT:
+            _release(number & ~_oob.RELEASE_BIT)
+            return
         with _write_lock:
             with self._lock:
                 late = number <= self._started
@@ -180,6 +197,59 @@ class _Revocations:
                     self._revoked.add(number)
             answer = _wire.REVOKED_LATE if late else _wire.REVOKED_OK
             _write_frame(self._result_fd, _wire.REVOKED, number, answer)
+
+
+# The memfds of results the parent has not yet opened, by token (see _oob).
+_held: dict[int, _oob._Memfd] = {}
+_held_changed = threading.Condition()
+
+
+def _hold(payload: _oob.SharedPayload) -> None:
+    with _held_changed:
+        _held[_oob.token_of(payload)] = payload.memfd
+
+
+def _release(token: int) -> None:
+    with _held_changed:
+        memfd = _held.pop(token, None)
+        _held_changed.notify_all()
+    if memfd is not None:
+        memfd.close()
+
+
+def _release_all() -> None:
+    with _held_changed:
+        memfds = list(_held.values())
+        _held.clear()
+        _held_changed.notify_all()
+    for memfd in memfds:
+        memfd.close()
+
+
+def _await_releases(control_fd: int, watching: bool) -> None:
+    """Before a clean exit: let the parent open the memfds of the last results first.
+
+    The watcher thread reads RELEASEs when it runs; otherwise (a worker of one call)
+    this reads them from ``control_fd`` itself.
+    """
+    deadline = time.monotonic() + _RELEASE_WAIT
+    if watching:
+        with _held_changed:
+            _held_changed.wait_for(lambda: not _held, _RELEASE_WAIT)
+        return
+    pending = b""
+    size = _wire.REVOKE.size
+    while _held and control_fd >= 0:
+        ready, _, _ = select.select([control_fd], [], [], max(0.0, deadline - time.monotonic()))
+        data = os.read(control_fd, 4096) if ready else b""
+        if not data:
+            return  # the parent is gone or slow: exit; the memfds go with this process
+        pending += data
+        while len(pending) >= size:
+            (number,) = _wire.REVOKE.unpack_from(pending)
+            pending = pending[size:]
+            if number & _oob.RELEASE_BIT:
+                _release(number & ~_oob.RELEASE_BIT)
 
 
 def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None:
@@ -251,12 +321,13 @@ def _finish_multiprocessing() -> None:
         util._exit_function()  # what Process._bootstrap calls at a child's end
 
 
-def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
+def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool) -> None:
     # Every handler catches BaseException: a KeyboardInterrupt or SystemExit raised by
     # a payload's __reduce__ fails that task, and the worker lives on (the stdlib's
-    # worker would die and break its pool).
+    # worker would die and break its pool). ``share``: the result's large buffers may
+    # go out of band.
     try:
-        call = pickle.loads(payload)
+        call = _wire.loads(payload)
         fn, args, kwargs, memory_limit = call[:4]
         cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
         if isinstance(fn, str):
@@ -280,12 +351,14 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     else:
         usage = _usage_since(start)
         try:
-            data = _wire.dumps(value)
+            data = _wire.dumps(_oob.wrap(value), share) if share else _wire.dumps(value)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
             _send_exception(result_fd, task_id, exc, usage)
         except BaseException as exc:
             _send_bad_payload(result_fd, task_id, "result pickle", exc, usage)
         else:
+            if isinstance(data, _oob.SharedPayload):
+                _hold(data)  # before the parent can read the frame and RELEASE it
             _send(result_fd, _wire.RESULT, task_id, data, usage)
     finally:
         if memory_limit is not None:
