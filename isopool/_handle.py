@@ -10,6 +10,7 @@ a stuck worker cannot stall the monitor.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 from typing import TYPE_CHECKING, Any, Final
@@ -46,6 +47,7 @@ class WorkerHandle:
         "reader",
         "retired",
         "revoking",
+        "slab",
         "status",
         "stop_reason",
         "stop_task",
@@ -71,6 +73,8 @@ class WorkerHandle:
         self.status: int | None = None  # wait status from the fork server
         self.eof_at: float | None = None  # when its result pipe reached EOF
         self.finalized = False
+        # The slab lent to it for its next large result (see _oob), if any.
+        self.slab: _oob._Lease | None = None
         # Frames read before the fork server said the worker's pid (rare race).
         self.held: list[_wire.Frame] = []
 
@@ -109,10 +113,23 @@ class WorkerHandle:
 
     def release(self, token: int) -> None:
         """Tell the worker it may close the memfd of its result ``token`` (see _oob)."""
-        try:
+        # OSError: the worker is gone (its memfd with it), or hopelessly behind.
+        with contextlib.suppress(OSError):
             os.write(self.pipes.control_w, _wire.REVOKE.pack(token | _oob.RELEASE_BIT))
-        except OSError:  # the worker is gone (its memfd with it), or hopelessly behind
-            pass
+
+    def lend_slab(self, lease: _oob._Lease) -> None:
+        """Lend the worker ``lease``'s slab (SLAB fd, then its token) for a result."""
+        slab = lease.slab
+        if slab is None:
+            return
+        message = _wire.REVOKE.pack(slab.fd | _oob.SLAB_BIT) + _wire.REVOKE.pack(slab.token)
+        try:
+            written = os.write(self.pipes.control_w, message)  # 16 bytes: atomic
+        except OSError:  # the worker is gone or its pipe full: it uses its own memfds
+            lease.release()
+            return
+        if written == len(message):
+            self.slab = lease
 
     def flush(self) -> bool:
         """Write what the pipe takes now; return whether bytes remain to be written."""

@@ -861,18 +861,19 @@ class Monitor:
         if task._started_at is not None:
             run_time = now - task._started_at
             self._ema = run_time if self._ema is None else 0.8 * self._ema + 0.2 * run_time
+        result: _wire.Payload | _oob.Received = payload
         if kind == _wire.RESULT and _oob.is_shared(payload):
             claimed = self._claim_result_locked(worker, task, payload)
             if isinstance(claimed, Outcome):
                 self._end_run_locked(task, claimed, now, out)
                 return
-            payload = claimed
+            result = claimed
         if worker.stop_task is task and not (worker.stop_reason == "kill" and task._keep_reply):
             # Stopped before its reply was read: the time-out or the kill stands
             # (Task.shutdown alone keeps a reply that raced in, as Elixir's does).
             self._end_run_locked(task, self._stop_outcome(worker, task), now, out)
         elif kind == _wire.RESULT:
-            self._end_run_locked(task, Outcome.ok(task, payload), now, out)
+            self._end_run_locked(task, Outcome.ok(task, result), now, out)
         elif kind == _wire.ERROR:
             self._end_run_locked(task, Outcome.raised(task, payload), now, out)
         elif kind == _wire.SHUTDOWN:
@@ -945,17 +946,40 @@ class Monitor:
         the outcome: a result nobody collects is freed with its Task. A descriptor
         that is bogus (a hostile task wrote it) fails this task only.
         """
+        self._stats["shared_results"] += 1
         try:
-            return _oob.claim(payload, worker.pid)
-        except _oob.SharedBufferError as exc:
+            if _oob.owner_of(payload) == os.getpid():  # written into the slab we lent it
+                lease, worker.slab = worker.slab, None
+                slab = lease.slab if lease is not None else None
+                if lease is not None:
+                    lease.slab = None  # the Received's own lease gives it back now
+                received = _oob.claim_slab(payload, slab)
+            else:  # a memfd of its own: it keeps it open until we have ours
+                try:
+                    received = _oob.claim(payload, worker.pid or 0)
+                finally:
+                    worker.release(_oob.token_of(payload))
+        except (_oob.SharedBufferError, OSError) as exc:
             error = _oob.SharedBufferError(
-                f"task {task.id} ({task.name}): its result's shared buffers are unusable: "
-                f"{exc}"
+                f"task {task.id} ({task.name}): its result's shared buffers are unusable: {exc}"
             )
             return Outcome.error(task, error)
         finally:
-            self._stats["shared_results"] += 1
-            worker.release(_oob.token_of(payload))
+            if worker.slab is None and worker.accepting:
+                self._lend_slab_locked(worker, _oob.extent(payload))
+        return received
+
+    def _lend_slab_locked(self, worker: WorkerHandle, size: int) -> None:
+        """Lend ``worker`` a slab for its next large result (it sent one just now).
+
+        ``size`` is a hint; the worker grows the slab if a result needs more.
+        """
+        try:
+            lease = _oob.lend(size)
+        except OSError:  # out of memory or descriptors: it uses memfds of its own
+            return
+        if lease is not None:
+            worker.lend_slab(lease)
 
     def _stop_outcome(self, worker: WorkerHandle, task: Task[Any]) -> Outcome:
         if worker.stop_reason == "timeout" and worker.stop_task is task:
@@ -1114,6 +1138,9 @@ class Monitor:
         if worker.out_registered:
             self._unregister(worker.pipes.call_w)
         worker.out.clear()
+        if worker.slab is not None:  # lent for a result it will never write now
+            worker.slab.release()
+            worker.slab = None
         worker.pipes.close()
         self._spawning.pop(worker.id, None)
         if worker in self._unspawned:

@@ -46,6 +46,7 @@ Imports only the stdlib and ``_errors``: the worker imports it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import mmap
@@ -53,6 +54,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 import weakref
 from typing import Final
 
@@ -61,6 +63,7 @@ from ._errors import ProtocolError
 __all__ = [
     "MAGIC",
     "RELEASE_BIT",
+    "SLAB_BIT",
     "THRESHOLD",
     "Collector",
     "Received",
@@ -80,6 +83,9 @@ MAGIC: Final = b"\x00iSB"
 # On the control pipe, a REVOKE number with this bit set is a RELEASE: "I have opened
 # your result memfd with this token; close yours".
 RELEASE_BIT: Final = 1 << 63
+# A number with this bit set is a SLAB: "write your next large result into my slab
+# whose descriptor here is the low bits"; the slab's token follows as a number.
+SLAB_BIT: Final = 1 << 62
 _HEAD: Final = struct.Struct("<4sIiIQ")
 _ENTRY: Final = struct.Struct("<QQB")
 _MAX_BUFFERS: Final = 1 << 16  # a sanity bound on a descriptor's count
@@ -166,16 +172,30 @@ class _Memfd:
 
 
 class SharedPayload(bytes):
-    """An envelope whose memfd this process holds open for as long as it lives.
+    """An envelope whose shared memory this process holds for as long as it lives.
 
-    A ``bytes`` (it is written to pipes as one); ``memfd`` closes with it.
+    A ``bytes`` (it is written to pipes as one); ``hold`` (a ``_Memfd`` or a slab's
+    ``_Lease``) is freed with it.
     """
 
-    memfd: _Memfd
+    hold: _Memfd | _Lease
+
+
+def _layout(buffers: list[pickle.PickleBuffer]) -> tuple[list[bytes], int]:
+    """The table entries of ``buffers`` (page-aligned, so each can be mapped), and the size."""
+    entries = []
+    offset = 0
+    for buffer in buffers:
+        view = buffer.raw()
+        entries.append(_ENTRY.pack(offset, view.nbytes, view.readonly))
+        offset += -(-view.nbytes // _PAGE) * _PAGE
+    return entries, offset
 
 
 def share(data: bytes, buffers: list[pickle.PickleBuffer]) -> SharedPayload:
     """Write ``buffers`` into a new sealed memfd; return the envelope for ``data``.
+
+    What a worker does when it has no slab of the parent's to write into.
 
     Raises:
         OSError: no memfd could be made or written (out of memory or descriptors).
@@ -183,21 +203,215 @@ def share(data: bytes, buffers: list[pickle.PickleBuffer]) -> SharedPayload:
     token = next(_tokens)
     fd = os.memfd_create(f"isopool-{token:x}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     memfd = _Memfd(fd)  # closes the memfd if anything below raises
-    entries = []
-    offset = 0
-    for buffer in buffers:
-        view = buffer.raw()
-        entries.append(_ENTRY.pack(offset, view.nbytes, view.readonly))
-        offset += -(-view.nbytes // _PAGE) * _PAGE  # the next page: each can be mapped
-    os.ftruncate(fd, offset)
+    entries, total = _layout(buffers)
+    os.ftruncate(fd, total)
     for buffer, entry in zip(buffers, entries, strict=True):
-        position, _length, _readonly = _ENTRY.unpack(entry)
-        _write_at(fd, buffer.raw(), position)
+        _write_at(fd, buffer.raw(), _ENTRY.unpack(entry)[0])
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
     head = _HEAD.pack(MAGIC, os.getpid(), fd, len(buffers), token)
     payload = SharedPayload(b"".join((head, *entries, data)))
-    payload.memfd = memfd
+    payload.hold = memfd
     return payload
+
+
+def share_in_slab(data: bytes, buffers: list[pickle.PickleBuffer]) -> SharedPayload | None:
+    """Copy ``buffers`` into a slab of this process's pool; None if none is free.
+
+    The parent's way to send a call: the slab returns to the pool when the envelope
+    (the Task's payload) is dropped.
+    """
+    entries, total = _layout(buffers)
+    lease = lend(total)
+    if lease is None:
+        return None
+    slab = lease.slab
+    if slab is None:  # pragma: no cover - a new lease holds its slab
+        return None
+    _copy_in(slab.view(), buffers, entries)
+    head = _HEAD.pack(MAGIC, os.getpid(), slab.fd, len(buffers), slab.token)
+    payload = SharedPayload(b"".join((head, *entries, data)))
+    payload.hold = lease
+    return payload
+
+
+def share_in_mapping(
+    mapping: mmap.mmap,
+    pid: int,
+    fd: int,
+    token: int,
+    data: bytes,
+    buffers: list[pickle.PickleBuffer],
+) -> bytes:
+    """Copy ``buffers`` into another process's slab, mapped here; return the envelope."""
+    entries, _total = _layout(buffers)
+    _copy_in(mapping, buffers, entries)
+    head = _HEAD.pack(MAGIC, pid, fd, len(buffers), token)
+    return b"".join((head, *entries, data))
+
+
+def layout_size(buffers: list[pickle.PickleBuffer]) -> int:
+    """The bytes a slab needs to hold ``buffers``."""
+    return _layout(buffers)[1]
+
+
+def _copy_in(target: mmap.mmap, buffers: list[pickle.PickleBuffer], entries: list[bytes]) -> None:
+    with memoryview(target) as view:
+        for buffer, entry in zip(buffers, entries, strict=True):
+            offset, length, _readonly = _ENTRY.unpack(entry)
+            view[offset : offset + length] = buffer.raw()
+
+
+# -- the parent's slabs ------------------------------------------------------------
+
+_IDLE_MAX: Final = 4  # idle slabs kept for reuse (each already has its pages)
+_IDLE_BYTES: Final = 256 * 1024 * 1024  # a slab larger than this is not kept idle
+# Slabs alive at once, idle or lent: each costs two descriptors (the memfd and the
+# mmap's duplicate), so past this calls go in band and results in fresh memfds.
+_LIVE_MAX: Final = 64
+_MAX_SLAB: Final = 1 << 40  # a slab a worker grew past this is refused, never mapped
+
+
+class Slab:
+    """A memfd of this process, mapped here, sealed against shrinking, and reused.
+
+    Reuse is the point: a fresh memfd costs a page allocation and zeroing for every
+    page of every message, about as much as the copy itself. A slab keeps its pages;
+    a worker maps it once (``_worker`` caches the mapping) and may grow it (a result
+    larger than the slab), never shrink it, so no mapping of it can ever SIGBUS.
+    """
+
+    __slots__ = ("fd", "map", "pid", "size", "token")
+
+    def __init__(self) -> None:
+        self.token = next(_tokens)
+        self.pid = os.getpid()
+        self.fd = os.memfd_create(f"isopool-{self.token:x}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.map: mmap.mmap | None = None
+        self.size = 0
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def fit(self, need: int, grow: bool) -> None:
+        """Map at least ``need`` bytes; with ``grow``, enlarge the memfd to that first.
+
+        Raises:
+            SharedBufferError: without ``grow``, the memfd is smaller than ``need``,
+                or it was grown past ``_MAX_SLAB``.
+        """
+        size = os.fstat(self.fd).st_size
+        if size < need:
+            if not grow:
+                raise SharedBufferError(
+                    f"a shared buffer ends at byte {need} of slab {self.token:x}, which has {size}"
+                )
+            os.ftruncate(self.fd, need)
+            size = need
+        if size > _MAX_SLAB:
+            raise SharedBufferError(f"slab {self.token:x} was grown to {size} bytes")
+        if self.map is None or size > self.size:
+            if self.map is not None:
+                self.map.close()
+            self.map = None
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            self.size = size
+
+    def view(self) -> mmap.mmap:
+        """The mapping (``fit`` first)."""
+        if self.map is None:
+            raise SharedBufferError(f"slab {self.token:x} is not mapped")
+        return self.map
+
+    def close(self) -> None:
+        """Unmap and close it (only in the process that made it)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0 or self.pid != os.getpid():
+            return
+        if self.map is not None:
+            with contextlib.suppress(BufferError):  # a view still exported: GC unmaps
+                self.map.close()
+            self.map = None
+        os.close(fd)
+
+
+class _Lease:
+    """One use of a slab; gives it back to the pool when released or collected."""
+
+    __slots__ = ("slab",)
+
+    def __init__(self, slab: Slab) -> None:
+        self.slab: Slab | None = slab
+
+    def release(self) -> None:
+        slab, self.slab = self.slab, None
+        if slab is not None:
+            _pool.give(slab)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class _Pool:
+    """This process's slabs: a few idle ones for reuse, a bound on the live ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: list[Slab] = []
+        self._live = 0
+
+    def lend(self, size: int) -> _Lease | None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: those slabs are the parent's
+                self._pid, self._idle, self._live = os.getpid(), [], 0
+            fits = [slab for slab in self._idle if slab.size >= size]
+            if fits or self._idle:
+                slab = min(fits, key=_size) if fits else max(self._idle, key=_size)
+                self._idle.remove(slab)
+            elif self._live >= _LIVE_MAX:
+                return None
+            else:
+                slab = None
+                self._live += 1
+        try:
+            if slab is None:
+                slab = Slab()
+            slab.fit(size, grow=True)
+        except BaseException:
+            if slab is not None:
+                slab.close()
+            with self._lock:
+                self._live -= 1
+            raise
+        return _Lease(slab)
+
+    def give(self, slab: Slab) -> None:
+        with self._lock:
+            mine = slab.pid == self._pid == os.getpid()
+            if mine and len(self._idle) < _IDLE_MAX and slab.size <= _IDLE_BYTES:
+                self._idle.append(slab)
+                return
+            if mine:
+                self._live -= 1
+        slab.close()
+
+
+def _size(slab: Slab) -> int:
+    return slab.size
+
+
+_pool = _Pool()
+
+
+def lend(size: int) -> _Lease | None:
+    """A slab of at least ``size`` bytes from this process's pool; None if at the bound.
+
+    Raises:
+        OSError: no memfd could be made or grown (out of memory or descriptors).
+    """
+    return _pool.lend(size)
 
 
 def _write_at(fd: int, view: memoryview, position: int) -> None:
@@ -218,77 +432,235 @@ def token_of(payload: bytes | bytearray) -> int:
     return int(_HEAD.unpack_from(payload)[4])
 
 
+def owner_of(payload: bytes | bytearray) -> int:
+    """The pid an envelope names as the holder of its memory (0 if too short)."""
+    if len(payload) < _HEAD.size:
+        return 0
+    return int(_HEAD.unpack_from(payload)[1])
+
+
 class Received:
-    """An envelope whose memfd this process has opened: ready to unpickle once."""
+    """An envelope whose shared memory this process can read: ready to unpickle once.
 
-    __slots__ = ("_data", "_entries", "_memfd")
+    Its buffers come from a memfd of the sender's that this process opened (``claim``),
+    or from a mapping of a slab (``claim_mapped``).
+    """
 
-    def __init__(self, memfd: _Memfd, entries: list[tuple[int, int, int]], data: bytes) -> None:
-        self._memfd = memfd
+    __slots__ = ("_data", "_entries", "_lease", "_mapping", "_memfd")
+
+    def __init__(
+        self,
+        entries: list[tuple[int, int, int]],
+        data: bytes,
+        memfd: _Memfd | None = None,
+        mapping: mmap.mmap | None = None,
+        lease: _Lease | None = None,
+    ) -> None:
         self._entries = entries
         self._data = data
+        self._memfd = memfd
+        self._mapping = mapping
+        self._lease = lease
 
     def load(self) -> object:
-        """Unpickle the value, its buffers read or mapped from the memfd; closes it.
+        """Unpickle the value, its buffers read, copied or mapped; frees the memory.
 
         Raises:
-            SharedBufferError: the memfd was closed already (loaded once before).
+            SharedBufferError: it was loaded (or closed) before.
         """
-        memfd = self._memfd
-        if memfd.fd < 0:
-            raise SharedBufferError("this shared result was already unpickled")
         try:
-            buffers = [_buffer(memfd.fd, *entry) for entry in self._entries]
+            if self._mapping is not None and self._lease is not None:
+                buffers = _lend_out(self._mapping, self._entries, self._lease)
+                self._lease = None  # released when the last buffer lent out dies
+            elif self._mapping is not None:
+                with memoryview(self._mapping) as view:
+                    buffers = [_copy_out(view, *entry) for entry in self._entries]
+            elif self._memfd is not None and self._memfd.fd >= 0:
+                fd = self._memfd.fd
+                buffers = [_buffer(fd, *entry) for entry in self._entries]
+            else:
+                raise SharedBufferError("this shared value was already unpickled")
         finally:
-            memfd.close()  # the mappings keep what they map alive
+            self.close()  # a slab goes back to its pool; mappings keep what they map
         return pickle.loads(self._data, buffers=buffers)
 
     def close(self) -> None:
-        """Close the memfd without reading it."""
-        self._memfd.close()
+        """Free the shared memory without reading it."""
+        self._mapping = None
+        if self._memfd is not None:
+            self._memfd.close()
+        if self._lease is not None:
+            self._lease.release()
 
 
-def claim(payload: bytes | bytearray, pid: int | None = None) -> Received:
-    """Open the memfd an envelope describes, after checking every field of it.
+# ctypes keeps one array type per length for good: past this many lengths, copy.
+_PIN_LENGTHS_MAX: Final = 4096
+_pin_lengths: set[int] = set()
+_pinned: set[_Pins] = set()  # keeps each _Pins (and so its weakrefs) alive
 
-    ``pid``: the process that must hold it (a worker's, known to the parent); None
-    takes the envelope's own (the parent's, as a worker reads a call).
 
-    Raises:
-        SharedBufferError: the descriptor is malformed, names no such memfd, or one
-            that is not sealed or is too small for its buffers.
+class _Pins:
+    """Gives a slab back to its pool when the last of the buffers lent out of it dies."""
+
+    __slots__ = ("lease", "left", "refs")
+
+    def __init__(self, lease: _Lease, holders: list[object]) -> None:
+        self.lease = lease
+        self.left = len(holders)
+        self.refs = [weakref.ref(holder, self._drop) for holder in holders]
+        _pinned.add(self)
+
+    def _drop(self, _ref: object) -> None:
+        self.left -= 1
+        if self.left == 0:
+            _pinned.discard(self)
+            self.lease.release()
+
+
+def _lend_out(
+    mapping: mmap.mmap, entries: list[tuple[int, int, int]], lease: _Lease
+) -> list[object]:
+    """The buffers of a slab this process owns alone (a result's): no copy if writable.
+
+    A writable buffer (a numpy array's) is a ctypes view of the slab itself: the array
+    lives in the slab, which returns to the pool only when every such view is gone.
+    A read-only one must become a ``bytes``: copied.
     """
+    import ctypes
+
+    buffers: list[object] = []
+    holders: list[object] = []
+    with memoryview(mapping) as view:
+        for offset, length, readonly in entries:
+            if readonly or (length not in _pin_lengths and len(_pin_lengths) >= _PIN_LENGTHS_MAX):
+                buffers.append(_copy_out(view, offset, length, readonly))
+                continue
+            _pin_lengths.add(length)
+            holder = (ctypes.c_char * length).from_buffer(mapping, offset)
+            buffers.append(holder)
+            holders.append(holder)
+    if holders:
+        _Pins(lease, holders)
+    else:
+        lease.release()
+    return buffers
+
+
+def _copy_out(view: memoryview, offset: int, length: int, readonly: int) -> object:
+    # A slab is reused: its bytes must be copied out (once), never mapped.
+    part = view[offset : offset + length]
+    return bytes(part) if readonly else bytearray(part)
+
+
+def _parse(payload: bytes | bytearray) -> tuple[int, int, int, list[tuple[int, int, int]], bytes]:
+    """(pid, fd, token, entries, pickle) of an envelope, each field checked for form."""
     view = memoryview(payload)
     if len(view) < _HEAD.size:
         raise SharedBufferError(f"a shared-buffer descriptor of {len(view)} bytes is truncated")
-    magic, sender, fd, count, token = _HEAD.unpack_from(view)
+    magic, pid, fd, count, token = _HEAD.unpack_from(view)
     end = _HEAD.size + count * _ENTRY.size
     if magic != MAGIC or fd < 0 or count > _MAX_BUFFERS or end > len(view):
         raise SharedBufferError(
-            f"a malformed shared-buffer descriptor (fd {fd}, {count} buffers, "
-            f"{len(view)} bytes)"
+            f"a malformed shared-buffer descriptor (fd {fd}, {count} buffers, {len(view)} bytes)"
         )
     entries = [_ENTRY.unpack_from(view, _HEAD.size + i * _ENTRY.size) for i in range(count)]
-    owner = sender if pid is None else pid
-    memfd = _open(owner, fd, token)
+    for offset, length, _readonly in entries:
+        if offset % _PAGE or length == 0:
+            raise SharedBufferError(
+                f"a shared buffer of {length} bytes at offset {offset} is malformed"
+            )
+    return pid, fd, token, entries, bytes(view[end:])
+
+
+def _end(entries: list[tuple[int, int, int]]) -> int:
+    return max((offset + length for offset, length, _readonly in entries), default=0)
+
+
+def extent(payload: bytes | bytearray) -> int:
+    """The bytes an envelope's buffers span (0 if it is malformed)."""
+    try:
+        return _end(_parse(payload)[3])
+    except SharedBufferError:
+        return 0
+
+
+def claim(payload: bytes | bytearray, pid: int) -> Received:
+    """Open the sealed memfd an envelope describes, a memfd of process ``pid``.
+
+    Raises:
+        SharedBufferError: the descriptor is malformed, names no such memfd of
+            ``pid``, or one that is not sealed or is too small for its buffers.
+    """
+    sender, fd, token, entries, data = _parse(payload)
+    if sender != pid:
+        raise SharedBufferError(f"a shared buffer said to be held by {sender}, not {pid}")
+    memfd = _open(pid, fd, token, _SEALS)
     try:
         size = os.fstat(memfd.fd).st_size
-        for offset, length, _readonly in entries:
-            if offset % _PAGE or length == 0 or offset + length > size:
-                raise SharedBufferError(
-                    f"a shared buffer of {length} bytes at offset {offset} does not fit "
-                    f"the {size}-byte memfd {fd} of process {owner}"
-                )
+        if _end(entries) > size:
+            raise SharedBufferError(
+                f"shared buffers ending at byte {_end(entries)} do not fit the "
+                f"{size}-byte memfd {fd} of process {pid}"
+            )
     except BaseException:
         memfd.close()
         raise
-    return Received(memfd, entries, bytes(view[end:]))
+    return Received(entries, data, memfd=memfd)
 
 
-def _open(pid: int, fd: int, token: int) -> _Memfd:
+def claim_slab(payload: bytes | bytearray, slab: Slab | None) -> Received:
+    """Take an envelope written into ``slab`` (ours, lent to a worker) for unpickling.
+
+    The slab goes back to the pool once the value is loaded or dropped, and on error.
+
+    Raises:
+        SharedBufferError: no slab was lent, the envelope names another, or its
+            buffers do not fit it.
+    """
+    lease = _Lease(slab) if slab is not None else None
+    try:
+        _pid, fd, token, entries, data = _parse(payload)
+        if slab is None or (fd, token) != (slab.fd, slab.token):
+            raise SharedBufferError(f"a shared buffer in memfd {fd}, which was not lent")
+        slab.fit(_end(entries), grow=False)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return Received(entries, data, mapping=slab.view(), lease=lease)
+
+
+def claim_mapped(payload: bytes | bytearray, mapping: mmap.mmap) -> Received:
+    """An envelope whose slab this process has mapped (``map_slab``)."""
+    _pid, _fd, _token, entries, data = _parse(payload)
+    if _end(entries) > len(mapping):
+        raise SharedBufferError(
+            f"shared buffers ending at byte {_end(entries)} do not fit the {len(mapping)}-byte slab"
+        )
+    return Received(entries, data, mapping=mapping)
+
+
+def slab_of(payload: bytes | bytearray) -> tuple[int, int, int]:
+    """(pid, fd, token) of an envelope."""
+    pid, fd, token, _entries, _data = _parse(payload)
+    return pid, fd, token
+
+
+def open_slab(pid: int, fd: int, token: int) -> int:
+    """Open our own read-write descriptor to slab ``fd`` of ``pid`` (a worker's view).
+
+    Raises:
+        SharedBufferError: it is not that process's slab of that token.
+    """
+    memfd = _open(pid, fd, token, fcntl.F_SEAL_SHRINK, os.O_RDWR)
+    fd_here, memfd.fd = memfd.fd, -1
+    return fd_here
+
+
+def _open(pid: int, fd: int, token: int, seals: int, mode: int = os.O_RDONLY) -> _Memfd:
     """Open our own descriptor to memfd ``fd`` of ``pid``, named for ``token``, sealed."""
     try:
-        memfd = _Memfd(os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC))
+        memfd = _Memfd(os.open(f"/proc/{pid}/fd/{fd}", mode | os.O_CLOEXEC))
     except OSError as exc:
         raise SharedBufferError(
             f"cannot open shared memfd {fd} of process {pid}: {exc.strerror}"
@@ -300,8 +672,9 @@ def _open(pid: int, fd: int, token: int) -> _Memfd:
             raise SharedBufferError(
                 f"descriptor {fd} of process {pid} is {name!r}, not its memfd {expected[7:]!r}"
             )
+        seals_wanted = seals
         seals = fcntl.fcntl(memfd.fd, fcntl.F_GET_SEALS)
-        if seals & _SEALS != _SEALS:
+        if seals & seals_wanted != seals_wanted:
             raise SharedBufferError(f"memfd {fd} of process {pid} is not sealed against change")
     except BaseException:
         memfd.close()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import (
     RestartLimitError,
     SerializationError,
@@ -65,8 +65,8 @@ class Outcome:
     # -- constructors --------------------------------------------------------
 
     @classmethod
-    def ok(cls, task: Task[Any], payload: Payload) -> Outcome:
-        """The task returned; ``payload`` is its pickled value."""
+    def ok(cls, task: Task[Any], payload: Payload | _oob.Received) -> Outcome:
+        """The task returned; ``payload`` is its pickled value (its buffers perhaps shared)."""
         return cls("ok", task, payload)
 
     @classmethod

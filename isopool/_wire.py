@@ -120,8 +120,9 @@ USAGE: Final = struct.Struct("<dddQQQ")
 # order the calls were written to that worker); or, with _oob.RELEASE_BIT set, "I
 # have opened the memfd of your result with this token: close yours".
 REVOKE: Final = struct.Struct("<Q")
-# parent -> worker, first on the control pipe: the 16-bit cookie of pack_header.
-COOKIE: Final = struct.Struct("<H")
+# parent -> worker, first on the control pipe: the 16-bit cookie of pack_header and the
+# parent's pid (whose slabs, see _oob, the worker may be lent).
+COOKIE: Final = struct.Struct("<HI")
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).
@@ -300,13 +301,18 @@ def split_usage(payload: Payload) -> tuple[Payload, bytes | None]:
     return payload[:-size], payload[-size:]
 
 
-def dumps(obj: object, share: bool = False) -> bytes:
+Sharer = Callable[[bytes, list[pickle.PickleBuffer]], bytes | None]
+"""Puts a pickle's out-of-band buffers in shared memory; returns the envelope or None."""
+
+
+def dumps(obj: object, share: Sharer | None = None) -> bytes:
     """Pickle ``obj`` with the standard pickler, or cloudpickle when it needs one.
 
     The standard pickler is ~15x faster for small objects; cloudpickle is used when it
     fails or when the pickle names ``__main__`` (which the worker does not share).
-    With ``share``, buffers of ``_oob.THRESHOLD`` bytes or more go into a memfd and
-    the result is an ``_oob.SharedPayload`` envelope (which owns that memfd).
+    With ``share``, buffers of ``_oob.THRESHOLD`` bytes or more go out of band and
+    ``share`` makes the envelope (which may own shared memory); when it returns None
+    (no room), ``obj`` is pickled in band after all.
     """
     collector = _oob.Collector() if share else None
     try:
@@ -320,23 +326,23 @@ def dumps(obj: object, share: bool = False) -> bytes:
         data = bytes(
             cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
         )
-    if collector is not None and collector.buffers:
-        return _oob.share(data, collector.buffers)
+    if share is not None and collector is not None and collector.buffers:
+        shared = share(data, collector.buffers)
+        return dumps(obj) if shared is None else shared
     return data
 
 
 def loads(payload: Payload | _oob.Received) -> Any:  # noqa: ANN401 - whatever was pickled
-    """Unpickle what ``dumps`` made: a plain pickle, an envelope, or a claimed one.
-
-    An envelope is claimed here (its sender's memfd opened: see ``_oob.claim``).
+    """Unpickle what ``dumps`` made: a plain pickle, or an envelope claimed already.
 
     Raises:
-        SharedBufferError: an envelope's memfd is unusable.
+        SharedBufferError: an envelope that was not claimed (see ``_oob``), or one
+            loaded before.
     """
     if isinstance(payload, _oob.Received):
         return payload.load()
     if _oob.is_shared(payload):
-        return _oob.claim(payload).load()
+        raise _oob.SharedBufferError("a shared-buffer envelope must be claimed first")
     return pickle.loads(payload)
 
 
@@ -355,11 +361,12 @@ def dumps_call(
     ``share``: large buffers go out of band (see ``dumps``); never for a call that
     is stored (Redis), since the memfd lives only as long as this process.
     """
+    sharer = _oob.share_in_slab if share else None
     if share:
         args, kwargs = _oob.wrap_args(args, kwargs)
     if cpus is None:
-        return dumps((fn, args, kwargs, memory_limit), share)
-    return dumps((fn, args, kwargs, memory_limit, cpus), share)
+        return dumps((fn, args, kwargs, memory_limit), sharer)
+    return dumps((fn, args, kwargs, memory_limit, cpus), sharer)
 
 
 # The worker-side traceback of a task's exception, chained as its ``__cause__``: the

@@ -37,14 +37,17 @@ Large buffers of a call or a result travel in sealed memfds, not through the pip
 pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
 waits for that (at most ``_RELEASE_WAIT``), so no result is lost to a clean exit.
 
-Imports only ``_wire``, ``_oob`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for one exit
-code): worker start-up is a benchmark figure, and the fork server has imported all of this already.
+Imports only ``_wire``, ``_oob`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for
+one exit code): worker start-up is a benchmark figure, and the fork server has imported all of
+this already.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import mmap
 import os
 import pickle
 import resource
@@ -124,13 +127,14 @@ _write_lock = threading.Lock()
 
 
 def _read_cookie(fd: int) -> int:
+    global _parent_pid
     data = b""
     while len(data) < _wire.COOKIE.size:
         chunk = os.read(fd, _wire.COOKIE.size - len(data))
         if not chunk:
             _exit(_EXIT_NO_COOKIE)
         data += chunk
-    (cookie,) = _wire.COOKIE.unpack(data)
+    cookie, _parent_pid = _wire.COOKIE.unpack(data)
     return int(cookie)
 
 
@@ -171,7 +175,6 @@ class _Revocations:
 
     def _watch(self, control_fd: int) -> None:
         pending = b""
-        size = _wire.REVOKE.size
         while True:
             try:
                 data = os.read(control_fd, 4096)
@@ -181,15 +184,11 @@ class _Revocations:
                 _release_all()  # and no RELEASE will come
                 return
             pending += data
-            while len(pending) >= size:
-                (number,) = _wire.REVOKE.unpack_from(pending)
-                pending = pending[size:]
+            messages, pending = _control_messages(pending)
+            for number in messages:
                 self._answer(number)
 
     def _answer(self, number: int) -> None:
-        if number & _oob.RELEASE_BIT:
-            _release(number & ~_oob.RELEASE_BIT)
-            return
         with _write_lock:
             with self._lock:
                 late = number <= self._started
@@ -199,14 +198,125 @@ class _Revocations:
             _write_frame(self._result_fd, _wire.REVOKED, number, answer)
 
 
+def _control_messages(pending: bytes) -> tuple[list[int], bytes]:
+    """Act on the RELEASE and SLAB messages in ``pending``; return REVOKEs and the rest.
+
+    REVOKE n is one number; RELEASE (``_oob.RELEASE_BIT``) one number; SLAB
+    (``_oob.SLAB_BIT`` | fd) is followed by the slab's token.
+    """
+    size = _wire.REVOKE.size
+    revokes: list[int] = []
+    while len(pending) >= size:
+        (number,) = _wire.REVOKE.unpack_from(pending)
+        if number & _oob.RELEASE_BIT:
+            _release(number & ~_oob.RELEASE_BIT)
+        elif number & _oob.SLAB_BIT:
+            if len(pending) < 2 * size:
+                break  # its token is still to come
+            (token,) = _wire.REVOKE.unpack_from(pending, size)
+            _lend_slab(number & ~_oob.SLAB_BIT, token)
+            pending = pending[size:]
+        else:
+            revokes.append(number)
+        pending = pending[size:]
+    return revokes, pending
+
+
 # The memfds of results the parent has not yet opened, by token (see _oob).
 _held: dict[int, _oob._Memfd] = {}
 _held_changed = threading.Condition()
+_parent_pid = 0  # the pool's process: the holder of the slabs (from the cookie message)
+# The parent's slab this worker may write its next large result into: (fd, token)
+# there. Set by the watcher thread, taken by the main thread.
+_lent: tuple[int, int] | None = None
+_lent_lock = threading.Lock()
+# The parent's slabs mapped here, by (fd, token) there: (our descriptor, mapping).
+# Slabs are reused, so most calls and results find theirs mapped already.
+_mapped: collections.OrderedDict[tuple[int, int], tuple[int, mmap.mmap]] = collections.OrderedDict()
+_MAPPED_MAX: Final = 8
+
+
+def _lend_slab(fd: int, token: int) -> None:
+    global _lent
+    with _lent_lock:
+        _lent = (fd, token)
+
+
+def _map_slab(fd: int, token: int, need: int, grow: bool) -> mmap.mmap:
+    """The parent's slab ``fd``/``token`` mapped here, at least ``need`` bytes long.
+
+    With ``grow``, a slab smaller than that is enlarged (a result larger than it).
+
+    Raises:
+        SharedBufferError: it is not the parent's slab, or too small (without grow).
+        OSError: out of memory or descriptors.
+    """
+    key = (fd, token)
+    entry = _mapped.pop(key, None)
+    mapping: mmap.mmap | None
+    if entry is None:
+        local, mapping = _oob.open_slab(_parent_pid, fd, token), None
+    else:
+        local, mapping = entry
+    try:
+        if mapping is None or len(mapping) < need:
+            size = os.fstat(local).st_size
+            if size < need:
+                if not grow:
+                    raise _oob.SharedBufferError(
+                        f"shared buffers end at byte {need} of a {size}-byte slab"
+                    )
+                os.ftruncate(local, need)
+                size = need
+            if mapping is not None:
+                mapping.close()
+            mapping = None
+            mapping = mmap.mmap(local, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    except BaseException:
+        if mapping is not None:
+            mapping.close()
+        os.close(local)
+        raise
+    _mapped[key] = (local, mapping)
+    while len(_mapped) > _MAPPED_MAX:
+        _key, (old_fd, old_map) = _mapped.popitem(last=False)
+        old_map.close()
+        os.close(old_fd)
+    return mapping
+
+
+def _claim_call(payload: _wire.Payload) -> _wire.Payload | _oob.Received:
+    """A call's payload, its shared buffers (in a slab of the parent's) made readable."""
+    if not _oob.is_shared(payload):
+        return payload
+    pid, fd, token = _oob.slab_of(payload)
+    if pid != _parent_pid:
+        raise _oob.SharedBufferError(f"a call's shared buffers held by {pid}, not the pool")
+    received = _oob.claim_mapped(payload, _map_slab(fd, token, 0, grow=False))
+    return received
+
+
+def _share_result(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    """Put a result's large buffers in the slab the parent lent, else a memfd of ours."""
+    global _lent
+    with _lent_lock:
+        lent, _lent = _lent, None
+    if lent is not None:
+        fd, token = lent
+        try:
+            mapping = _map_slab(fd, token, _oob.layout_size(buffers), grow=True)
+        except (OSError, _oob.SharedBufferError):
+            pass  # the parent's memory is unusable: ours will do
+        else:
+            return _oob.share_in_mapping(mapping, _parent_pid, fd, token, data, buffers)
+    payload = _oob.share(data, buffers)
+    _hold(payload)  # before the parent can read the frame and RELEASE it
+    return payload
 
 
 def _hold(payload: _oob.SharedPayload) -> None:
     with _held_changed:
-        _held[_oob.token_of(payload)] = payload.memfd
+        _held[_oob.token_of(payload)] = payload.hold  # type: ignore[assignment]  # share() holds a _Memfd
 
 
 def _release(token: int) -> None:
@@ -238,18 +348,12 @@ def _await_releases(control_fd: int, watching: bool) -> None:
             _held_changed.wait_for(lambda: not _held, _RELEASE_WAIT)
         return
     pending = b""
-    size = _wire.REVOKE.size
     while _held and control_fd >= 0:
         ready, _, _ = select.select([control_fd], [], [], max(0.0, deadline - time.monotonic()))
         data = os.read(control_fd, 4096) if ready else b""
         if not data:
             return  # the parent is gone or slow: exit; the memfds go with this process
-        pending += data
-        while len(pending) >= size:
-            (number,) = _wire.REVOKE.unpack_from(pending)
-            pending = pending[size:]
-            if number & _oob.RELEASE_BIT:
-                _release(number & ~_oob.RELEASE_BIT)
+        _revokes, pending = _control_messages(pending + data)
 
 
 def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None:
@@ -327,7 +431,7 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
     # worker would die and break its pool). ``share``: the result's large buffers may
     # go out of band.
     try:
-        call = _wire.loads(payload)
+        call = _wire.loads(_claim_call(payload))
         fn, args, kwargs, memory_limit = call[:4]
         cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
         if isinstance(fn, str):
@@ -351,14 +455,13 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
     else:
         usage = _usage_since(start)
         try:
-            data = _wire.dumps(_oob.wrap(value), share) if share else _wire.dumps(value)
+            sharer = _share_result if share else None
+            data = _wire.dumps(_oob.wrap(value) if share else value, sharer)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
             _send_exception(result_fd, task_id, exc, usage)
         except BaseException as exc:
             _send_bad_payload(result_fd, task_id, "result pickle", exc, usage)
         else:
-            if isinstance(data, _oob.SharedPayload):
-                _hold(data)  # before the parent can read the frame and RELEASE it
             _send(result_fd, _wire.RESULT, task_id, data, usage)
     finally:
         if memory_limit is not None:
