@@ -76,9 +76,11 @@ __all__ = [
     "wrap",
 ]
 
-# Buffers at least this large go out of band. Below it the pipe is as fast (a memfd
-# costs ~10 syscalls, ~30 us, per message); measured in benchmarks/README.md.
-THRESHOLD: Final = 256 * 1024
+# Buffers at least this large go out of band. Measured (echo round trip, one worker,
+# a loaded 2-core VM, pipe vs shared): 16 KiB 270-300 vs 455-640 us, 64 KiB 480-940
+# vs 400-510 us, 128 KiB 630-675 vs 460-500 us, 1 MiB 4-17 ms vs 1.1-1.3 ms. The
+# crossover is near 64 KiB; 128 KiB is past it with a margin.
+THRESHOLD: Final = 128 * 1024
 MAGIC: Final = b"\x00iSB"
 # On the control pipe, a REVOKE number with this bit set is a RELEASE: "I have opened
 # your result memfd with this token; close yours".

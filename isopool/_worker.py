@@ -292,8 +292,9 @@ def _claim_call(payload: _wire.Payload) -> _wire.Payload | _oob.Received:
     pid, fd, token = _oob.slab_of(payload)
     if pid != _parent_pid:
         raise _oob.SharedBufferError(f"a call's shared buffers held by {pid}, not the pool")
-    received = _oob.claim_mapped(payload, _map_slab(fd, token, 0, grow=False))
-    return received
+    # The extent, not 0: the parent may have grown the slab since it was mapped here.
+    mapping = _map_slab(fd, token, _oob.extent(payload), grow=False)
+    return _oob.claim_mapped(payload, mapping)
 
 
 def _share_result(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:

@@ -116,6 +116,16 @@ def test_nested_array_above_threshold_goes_out_of_band() -> None:
 
 
 @pytest.mark.usefixtures("settled")
+def test_growing_buffers_come_back_equal_as_slabs_grow() -> None:
+    """Each call larger than the last: the worker remaps the slab the parent grew."""
+    with isopool.Pool(1) as pool:
+        for factor in (1, 4, 16, 2, 64):
+            data = os.urandom(_oob.THRESHOLD * factor)
+            assert pool.submit(_tasks.echo, data).result(timeout=30) == data
+        assert _shared_stats(pool) == (5, 5)
+
+
+@pytest.mark.usefixtures("settled")
 def test_uncollected_shared_result_is_freed_with_its_task() -> None:
     """A large result nobody reads goes back to the pool when its Task is dropped."""
     array = numpy.ones(BIG // 8)
