@@ -52,6 +52,7 @@ class WorkerHandle:
         "stop_reason",
         "stop_task",
         "tasks",
+        "wants_slab",
     )
 
     def __init__(self, worker_id: int) -> None:
@@ -75,6 +76,7 @@ class WorkerHandle:
         self.finalized = False
         # The slab lent to it for its next large result (see _oob), if any.
         self.slab: _oob._Lease | None = None
+        self.wants_slab = 0  # the size of its last large result: lend it a slab
         # Frames read before the fork server said the worker's pid (rare race).
         self.held: list[_wire.Frame] = []
 

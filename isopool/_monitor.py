@@ -486,6 +486,8 @@ class Monitor:
                     task._revoke = "steal"
 
     def _assign_locked(self, worker: WorkerHandle, task: Task[Any], now: float) -> None:
+        if worker.wants_slab and worker.slab is None:
+            self._lend_slab_locked(worker)
         task._worker = worker
         if worker.queue_call(task):
             self._start_head_locked(worker, now)
@@ -965,17 +967,20 @@ class Monitor:
             )
             return Outcome.error(task, error)
         finally:
-            if worker.slab is None and worker.accepting:
-                self._lend_slab_locked(worker, _oob.extent(payload))
+            worker.wants_slab = _oob.extent(payload)  # lent with its next call
         return received
 
-    def _lend_slab_locked(self, worker: WorkerHandle, size: int) -> None:
-        """Lend ``worker`` a slab for its next large result (it sent one just now).
+    def _lend_slab_locked(self, worker: WorkerHandle) -> None:
+        """Lend ``worker`` a slab for its next large result, before its next call.
 
-        ``size`` is a hint; the worker grows the slab if a result needs more.
+        Not at once, as the last one comes in: by the next call that result and the
+        call's own slab are usually back in the pool, so two slabs do where three
+        would be made (each costs its pages once). The SLAB message goes before the
+        CALL frame: the worker's watcher reads it while the call is being read.
         """
+        size, worker.wants_slab = worker.wants_slab, 0
         try:
-            lease = _oob.lend(size)
+            lease = _oob.lend(size, mapped=False)  # no page faults under the lock
         except OSError:  # out of memory or descriptors: it uses memfds of its own
             return
         if lease is not None:

@@ -296,12 +296,15 @@ class Slab:
             os.close(self.fd)
             raise
 
-    def fit(self, need: int, grow: bool) -> None:
+    def fit(self, need: int, grow: bool, populate: bool = True) -> None:
         """Map at least ``need`` bytes; with ``grow``, enlarge the memfd to that first.
+
+        ``populate``: fault every page in now (about to write them all). Never for a
+        size a worker chose: a hostile one could grow the memfd to a terabyte of holes.
 
         Raises:
             SharedBufferError: without ``grow``, the memfd is smaller than ``need``,
-                or it was grown past ``_MAX_SLAB``.
+                or it was grown past ``_MAX_SLAB``, or is still lent out in views.
         """
         size = os.fstat(self.fd).st_size
         if size < need:
@@ -315,10 +318,19 @@ class Slab:
             raise SharedBufferError(f"slab {self.token:x} was grown to {size} bytes")
         if self.map is None or size > self.size:
             if self.map is not None:
-                self.map.close()
+                try:
+                    self.map.close()
+                except BufferError as exc:  # pragma: no cover - pinned slabs are never lent
+                    raise SharedBufferError(f"slab {self.token:x} is still in use") from exc
             self.map = None
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
+            self.map = mmap.mmap(self.fd, size, flags)
             self.size = size
+
+    def reserve(self, size: int) -> None:
+        """Make the memfd at least ``size`` bytes long, without mapping (cheap: holes)."""
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)
 
     def view(self) -> mmap.mmap:
         """The mapping (``fit`` first)."""
@@ -364,7 +376,7 @@ class _Pool:
         self._idle: list[Slab] = []
         self._live = 0
 
-    def lend(self, size: int) -> _Lease | None:
+    def lend(self, size: int, mapped: bool = True) -> _Lease | None:
         with self._lock:
             if self._pid != os.getpid():  # forked: those slabs are the parent's
                 self._pid, self._idle, self._live = os.getpid(), [], 0
@@ -380,7 +392,10 @@ class _Pool:
         try:
             if slab is None:
                 slab = Slab()
-            slab.fit(size, grow=True)
+            if mapped:
+                slab.fit(size, grow=True)
+            else:
+                slab.reserve(size)
         except BaseException:
             if slab is not None:
                 slab.close()
@@ -407,13 +422,16 @@ def _size(slab: Slab) -> int:
 _pool = _Pool()
 
 
-def lend(size: int) -> _Lease | None:
+def lend(size: int, mapped: bool = True) -> _Lease | None:
     """A slab of at least ``size`` bytes from this process's pool; None if at the bound.
+
+    ``mapped``: map it here now, every page faulted in (to write into it); without,
+    only its size is set (a slab lent to a worker, mapped here when it comes back).
 
     Raises:
         OSError: no memfd could be made or grown (out of memory or descriptors).
     """
-    return _pool.lend(size)
+    return _pool.lend(size, mapped)
 
 
 def _write_at(fd: int, view: memoryview, position: int) -> None:
@@ -624,7 +642,7 @@ def claim_slab(payload: bytes | bytearray, slab: Slab | None) -> Received:
         _pid, fd, token, entries, data = _parse(payload)
         if slab is None or (fd, token) != (slab.fd, slab.token):
             raise SharedBufferError(f"a shared buffer in memfd {fd}, which was not lent")
-        slab.fit(_end(entries), grow=False)
+        slab.fit(_end(entries), grow=False, populate=False)
     except BaseException:
         if lease is not None:
             lease.release()
