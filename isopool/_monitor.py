@@ -17,9 +17,16 @@ Who owns what, and who reads what::
 
     parent                        fork server                    worker k
     call_w[k]    --- CALL frames ----------------------------->  call_r[k]    main thread
-    control_w[k] --- cookie, then REVOKE n -------------------->  control_r[k] watcher thread
+    control_w[k] --- cookie, REVOKE n, RELEASE, SLAB ---------->  control_r[k] watcher thread
     result_r[k]  <-- RESULT / ERROR / BAD_PAYLOAD / REVOKED ---  result_w[k]  (both, locked)
     sock         <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
+
+Buffers of 128 KiB or more do not cross the pipes (``_oob``): a call's go into a
+slab (a reusable memfd this process owns) when the caller pickles it, and a worker
+writes a large result into a slab lent to it (SLAB, sent before its next call) or,
+with none, into a sealed memfd of its own. The monitor opens or takes that memory as
+it reads the RESULT frame (``_claim_result_locked``: a few syscalls, no copy) and
+RELEASEs the worker's memfd; the caller's thread copies or maps it when it unpickles.
 
 Each worker runs its calls in order; ``WorkerHandle.tasks`` mirrors that order, so the
 head is the task it is running. The task id travels in every frame header, so a

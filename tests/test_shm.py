@@ -116,6 +116,16 @@ def test_nested_array_above_threshold_goes_out_of_band() -> None:
 
 
 @pytest.mark.usefixtures("settled")
+def test_worker_of_one_call_waits_for_its_shared_result_to_be_opened() -> None:
+    """max_tasks_per_child=1: the worker exits only after the parent has the result."""
+    data = os.urandom(BIG)
+    with isopool.Pool(1, max_tasks_per_child=1) as pool:
+        for _ in range(3):
+            assert pool.submit(_tasks.echo, data).result(timeout=30) == data
+        assert _shared_stats(pool) == (3, 3)
+
+
+@pytest.mark.usefixtures("settled")
 def test_growing_buffers_come_back_equal_as_slabs_grow() -> None:
     """Each call larger than the last: the worker remaps the slab the parent grew."""
     with isopool.Pool(1) as pool:
