@@ -326,8 +326,8 @@ def dumps(obj: object, share: Sharer | None = None) -> bytes:
         data = bytes(
             cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
         )
-    if share is not None and collector is not None and collector.buffers:
-        shared = share(data, collector.buffers)
+    if share is not None and collector:
+        shared = share(data, collector)
         return dumps(obj) if shared is None else shared
     return data
 
