@@ -1,43 +1,45 @@
-"""Carry a pickle's large buffers in sealed memfds instead of through a worker's pipe.
+"""Carry a pickle's large buffers in shared memory instead of through a worker's pipe.
 
-Why: a 10 MB argument written through a 64 KiB pipe is copied into the pickle, then
-through the kernel 160 times with a context switch each, then out into a buffer:
-most of a large round trip. Here it is copied once, into a memfd, and the other side
-reads it from there (``pread``: one copy into a ``bytes``) or maps it (a writable
-buffer such as a numpy array's: no copy at all on Python 3.13+, see ``_map``).
+Why: a 10 MB argument written through a pipe is copied into the pickle, through the
+kernel 64 KiB at a time with a wake-up each, and out again. Here it is copied once
+into memory both processes map, and once out (into a ``bytes``); a numpy array that
+comes back to the parent is not copied out at all (``_lend_out``).
 
 The sender pickles with protocol 5 and a ``buffer_callback`` (``Collector``):
 ``PickleBuffer``s of ``THRESHOLD`` bytes or more (numpy arrays, bytearrays, and the
 top-level ``bytes`` that ``wrap`` marks, since the C pickler calls no hook for exact
 ``bytes``) go out of band; everything smaller stays in the pickle, so a small task
-costs nothing more. ``share`` writes the out-of-band buffers into one memfd per
-message (page-aligned, so they can be mapped), seals it against any change, and
-returns the envelope that travels in the frame instead of the plain pickle::
+costs nothing more. The buffers go, page-aligned, into one of two kinds of memfd,
+and the envelope that travels in the frame instead of the plain pickle says where::
 
     offset  size  field
     0       4     MAGIC (a plain pickle starts with 0x80, never with it)
-    4       4     pid of the process that holds the memfd
+    4       4     pid of the process that owns the memfd
     8       4     its descriptor number there
     12      4     buffer count N
     16      8     token: the memfd is named "isopool-<token in hex>"
     24      17*N  per buffer: offset, length (u64 each), read-only (u8)
     ...           the pickle
 
+- A **slab** (``Slab``): a memfd of the parent's, sealed against shrinking, kept
+  mapped and reused (``_pool``: a few idle, at most ``_LIVE_MAX`` alive; a fresh memfd
+  per message would cost a page allocation per page, as much as the copy). A call's
+  buffers go into one when the caller pickles it; the parent lends a worker one for
+  its next large result (SLAB on the control pipe), and a worker maps each slab once.
+- A worker with no slab lent writes its result into a fresh memfd of its own, sealed
+  against any change (``share``), and keeps it open until the parent has opened its
+  own descriptor and said so (``RELEASE_BIT``).
+
 The receiver opens ``/proc/<pid>/fd/<n>`` (Linux; the same user may, as for any
 ``ptrace`` read access) and checks, before it reads a byte, that what it opened is
-that sender's memfd of that name, sealed against shrinking, growing and writing,
-and large enough for every buffer: a bogus descriptor (from a hostile task) is a
-``SharedBufferError`` for that one message, never a read out of bounds or a SIGBUS.
+that process's memfd of that name, sealed, and large enough for every buffer: a
+bogus descriptor (from a hostile task) is a ``SharedBufferError`` for that one
+message, never a read out of bounds or a SIGBUS.
 
-Lifetimes, owned by the parent:
-
-- a call's memfd belongs to the parent's payload (``SharedPayload``); the Task drops
-  its payload when it settles, which closes the memfd, and a restart reuses it;
-- a result's memfd is the worker's: it keeps it open until the parent, on reading
-  the RESULT frame, has opened its own descriptor (``claim``) and said so on the
-  control pipe (``RELEASE_BIT``); the parent's descriptor belongs to the outcome,
-  closed once the value is unpickled, or when the Task is dropped uncollected.
-
+Lifetimes, owned by the parent: a call's slab belongs to the Task's payload (it
+returns to the pool when the task settles; a restart reuses it); a result's memory
+belongs to its outcome (freed once unpickled, or when the Task is dropped
+uncollected), and a numpy array lent out of a slab holds that slab until it dies.
 Memfds are anonymous files: they vanish with the last descriptor or mapping, so
 nothing is ever left in /dev/shm, whichever process dies, whenever.
 
