@@ -18,7 +18,7 @@ import logging
 import signal
 from typing import Final, Protocol
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import BrokenPoolError, PoolClosedError, ProtocolError
 from ._handle import WorkerHandle, WorkerPhase
 from ._metrics import RunTimings
@@ -82,6 +82,14 @@ class Port(Protocol):
 
     def log(self, level: int, message: str) -> None:
         """Log ``message`` later, from a thread that may run user code."""
+
+    def lend_slab(self, worker: WorkerHandle) -> None:
+        """Lend ``worker`` a slab for its next large result (see ``_oob``), if one can be had."""
+
+    def claim_result(
+        self, worker: WorkerHandle, task: Runnable, payload: _wire.Payload
+    ) -> _oob.Received | Outcome:
+        """Take hold of the shared buffers of ``task``'s result; an Outcome if bogus."""
 
 
 class Dispatcher:
@@ -180,6 +188,8 @@ class Dispatcher:
                     self.pending.push(task)
                     break
                 worker = idle
+            if worker.wants_slab and worker.slab is None:
+                self.io.lend_slab(worker)  # before the call: for its large result
             task._run = worker.queue_call(task)
             if len(worker.tasks) == 1:
                 self._start_head(worker, now)

@@ -12,12 +12,13 @@ monitor calls them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import os
 from typing import Final, Protocol
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import ProtocolError
 from ._run import Run, Runnable
 
@@ -68,10 +69,12 @@ class WorkerHandle:
         "protocol_error",
         "reader",
         "revoking",
+        "slab",
         "status",
         "stop_reason",
         "stop_task",
         "tasks",
+        "wants_slab",
     )
 
     def __init__(self, worker_id: int, pipes: Pipes) -> None:
@@ -92,6 +95,9 @@ class WorkerHandle:
         self.kill_at: float | None = None  # when to escalate SIGTERM to SIGKILL
         self.status: int | None = None  # wait status from the fork server
         self.eof_at: float | None = None  # when its result pipe reached EOF
+        # The slab lent to it for its next large result (see _oob), if any.
+        self.slab: _oob._Lease | None = None
+        self.wants_slab = 0  # the size of its last large result: lend it a slab
         # Frames read before the fork server said the worker's pid (rare race).
         self.held: list[_wire.Frame] = []
 
@@ -118,13 +124,35 @@ class WorkerHandle:
         self.tasks.append(task)
         self.assigned += 1  # the worker numbers its calls the same way
         payload = task._payload
-        header = _wire.pack_header(_wire.CALL, task.id, len(payload))
+        # A raw task's result goes back to Redis as it is: never in a memfd.
+        kind = _wire.CALL_INBAND if task._raw else _wire.CALL
+        header = _wire.pack_header(kind, task.id, len(payload))
         if len(payload) < _SMALL_FRAME:
             self.out.append(memoryview(header + payload))
         else:
             self.out.append(memoryview(header))
             self.out.append(memoryview(payload))
         return Run(self, self.assigned)
+
+    def release(self, token: int) -> None:
+        """Tell the worker it may close the memfd of its result ``token`` (see _oob)."""
+        # OSError: the worker is gone (its memfd with it), or hopelessly behind.
+        with contextlib.suppress(OSError):
+            os.write(self.pipes.control_w, _wire.REVOKE.pack(token | _oob.RELEASE_BIT))
+
+    def lend_slab(self, lease: _oob._Lease) -> None:
+        """Lend the worker ``lease``'s slab (SLAB fd, then its token) for a result."""
+        slab = lease.slab
+        if slab is None:
+            return
+        message = _wire.REVOKE.pack(slab.fd | _oob.SLAB_BIT) + _wire.REVOKE.pack(slab.token)
+        try:
+            written = os.write(self.pipes.control_w, message)  # 16 bytes: atomic
+        except OSError:  # the worker is gone or its pipe full: it uses its own memfds
+            lease.release()
+            return
+        if written == len(message):
+            self.slab = lease
 
     def flush(self) -> bool:
         """Write what the pipe takes now; return whether bytes remain to be written."""

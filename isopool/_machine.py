@@ -45,7 +45,7 @@ import logging
 import signal
 from typing import Final
 
-from . import _wire
+from . import _oob, _wire
 from ._dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
 from ._errors import BrokenPoolError, ProtocolError
 from ._handle import WorkerHandle, WorkerPhase
@@ -101,6 +101,8 @@ class Machine(Dispatcher):
         # dispatches: a submit behind a backlog would find no room either, and skipping
         # its attempt saves a third of submit's time in a burst. (A task of higher
         # priority than a backlog waiting for an idle worker waits for the next reply.)
+        if isinstance(task._payload, _oob.SharedPayload):
+            self._stats["shared_calls"] += 1
         backlog = bool(self.pending)
         self.pending.push(task)
         if not backlog:
@@ -388,6 +390,14 @@ class Machine(Dispatcher):
         if run.started_at is not None:
             run_time = now - run.started_at
             self.ema = run_time if self.ema is None else 0.8 * self.ema + 0.2 * run_time
+        if kind == _wire.RESULT and _oob.is_shared(payload):
+            self._stats["shared_results"] += 1
+            claimed = self.io.claim_result(worker, task, payload)
+            if isinstance(claimed, Outcome):  # its descriptor was bogus: this task fails
+                self._end_run(task, claimed, now, out, run.started_at)
+                self._after_call(worker, now)
+                return
+            payload = claimed  # type: ignore[assignment]  # the value's shared buffers
         stop = task._stop
         if worker.stop_task is task and not (
             worker.stop_reason == "kill" and stop is not None and stop.keep_reply

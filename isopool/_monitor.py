@@ -22,9 +22,17 @@ Who owns what, and who reads what::
 
     parent                        fork server                    worker k
     call_w[k]    --- CALL frames ----------------------------->  call_r[k]    main thread
-    control_w[k] --- cookie, then REVOKE n -------------------->  control_r[k] watcher thread
+    control_w[k] --- cookie, REVOKE n, RELEASE, SLAB ---------->  control_r[k] watcher thread
     result_r[k]  <-- RESULT / ERROR / BAD_PAYLOAD / REVOKED ---  result_w[k]  (both, locked)
     sock         <-- SPAWNED k pid, EXITED pid status -->  forks and reaps
+
+Buffers of 128 KiB or more do not cross the pipes (``_oob``): a call's go into a
+slab (a reusable memfd this process owns) when the caller pickles it, and a worker
+writes a large result into a slab lent to it (SLAB, sent before its next call) or,
+with none, into a sealed memfd of its own. The port opens or takes that memory as
+the machine reads the RESULT frame (``_Port.claim_result``: a few syscalls, no copy)
+and RELEASEs the worker's memfd; the caller's thread copies or maps it when it
+unpickles.
 
 Futures are finished outside the lock, and without running user code: a future
 becomes done here, its value is unpickled by whoever asks for it, and done-callbacks
@@ -46,7 +54,7 @@ import threading
 import time
 from typing import Final, cast
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import BrokenPoolError, ProtocolError
 from ._handle import WorkerHandle
 from ._machine import Machine, State
@@ -507,7 +515,56 @@ class _Port:
             worker.out_registered = False
             monitor._unregister(worker.pipes.call_w)
         worker.out.clear()
+        if worker.slab is not None:  # lent for a result it will never write now
+            worker.slab.release()
+            worker.slab = None
         worker.pipes.close()
+
+    def lend_slab(self, worker: WorkerHandle) -> None:
+        """Lend ``worker`` a slab for its next large result, before its next call.
+
+        Not at once, as the last one comes in: by the next call that result and the
+        call's own slab are usually back in the pool, so two slabs do where three
+        would be made (each costs its pages once). The SLAB message goes before the
+        CALL frame: the worker's watcher reads it while the call is being read.
+        """
+        size, worker.wants_slab = worker.wants_slab, 0
+        try:
+            lease = _oob.lend(size, mapped=False)  # no page faults under the lock
+        except OSError:  # out of memory or descriptors: it uses memfds of its own
+            return
+        if lease is not None:
+            worker.lend_slab(lease)
+
+    def claim_result(
+        self, worker: WorkerHandle, task: Runnable, payload: _wire.Payload
+    ) -> _oob.Received | Outcome:
+        """Open our own descriptor to the memfd of a result's large buffers, now.
+
+        Then the worker may close its own (RELEASE), and the buffers live as long as
+        the outcome: a result nobody collects is freed with its Task. A descriptor
+        that is bogus (a hostile task wrote it) fails this task only.
+        """
+        try:
+            if _oob.owner_of(payload) == os.getpid():  # written into the slab we lent it
+                lease, worker.slab = worker.slab, None
+                slab = lease.slab if lease is not None else None
+                if lease is not None:
+                    lease.slab = None  # the Received's own lease gives it back now
+                received = _oob.claim_slab(payload, slab)
+            else:  # a memfd of its own: it keeps it open until we have ours
+                try:
+                    received = _oob.claim(payload, worker.pid or 0)
+                finally:
+                    worker.release(_oob.token_of(payload))
+        except (_oob.SharedBufferError, OSError) as exc:
+            error = _oob.SharedBufferError(
+                f"task {task.id} ({task.name}): its result's shared buffers are unusable: {exc}"
+            )
+            return Outcome.error(task, error)
+        finally:
+            worker.wants_slab = _oob.extent(payload)  # lent with its next call
+        return received
 
     def log(self, level: int, message: str) -> None:
         """Log ``message`` from the resolver thread: handlers are user code.

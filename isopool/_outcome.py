@@ -15,12 +15,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import (
     RestartLimitError,
     SerializationError,
@@ -91,8 +90,8 @@ class Outcome:
     # -- constructors --------------------------------------------------------
 
     @classmethod
-    def ok(cls, task: Runnable, payload: Payload) -> Outcome:
-        """The task returned; ``payload`` is its pickled value."""
+    def ok(cls, task: Runnable, payload: Payload | _oob.Received) -> Outcome:
+        """The task returned; ``payload`` is its pickled value (its buffers perhaps shared)."""
         return cls(Kind.OK, task, payload)
 
     @classmethod
@@ -229,7 +228,7 @@ class Outcome:
             return (self.kind.value, self.data), None  # stays pickled: it goes back to Redis
         if self.kind is Kind.OK:
             try:
-                return pickle.loads(self.data), None
+                return _wire.loads(self.data), None
             except BaseException as exc:  # user code ran in __reduce__ or __setstate__
                 return None, _parent_error(task, "result unpickle", exc, broken=True)
         return None, self.to_exception(task)

@@ -146,7 +146,7 @@ class WorkerPipes:
         for fd in (self.call_w, self.result_w):
             with contextlib.suppress(OSError):  # a lowered pipe-max-size: keep the default
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        os.write(self.control_w, _wire.COOKIE.pack(self.cookie))
+        os.write(self.control_w, _wire.COOKIE.pack(self.cookie, os.getpid()))
         os.set_blocking(self.call_w, False)
         os.set_blocking(self.result_r, False)
         os.set_blocking(self.control_w, False)

@@ -293,7 +293,9 @@ class Task(Future[R], Generic[R]):
         ``usage``: whether the worker measures what the call cost (``Task.usage``).
         """
         try:
-            payload = _wire.dumps_call(fn, args, kwargs, options.memory_limit, options.cpus, usage)
+            payload = _wire.dumps_call(
+                fn, args, kwargs, options.memory_limit, options.cpus, usage, share=True
+            )
             error = None
         except (Exception, SystemExit) as exc:
             payload, error = b"", exc

@@ -4,7 +4,8 @@ A frame is a fixed 16-byte header followed by its payload::
 
     offset  size  field
     0       1     version   (VERSION; anything else is a ProtocolError)
-    1       1     kind      (CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN)
+    1       1     kind      (CALL, CALL_INBAND, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED,
+                             SHUTDOWN, REVOKED)
     2       2     flags     (reserved, 0)
     4       4     length    payload bytes, little-endian
     8       8     task id   little-endian
@@ -26,6 +27,12 @@ other kind are unchanged; ``split_usage`` takes it off (in place for a large fra
 A wall time below zero says the call never ran (its BAD_PAYLOAD "call unpickle"):
 no usage. The numbers are the worker's measure of the call alone; see ``_usage``.
 
+A CALL or RESULT payload is a plain pickle or, when it carries buffers of at least
+``_oob.THRESHOLD`` bytes (version 3), an envelope: the pickle with those buffers
+moved into a sealed memfd that the other side opens (``_oob``). ``loads`` reads both.
+A CALL_INBAND call's result always comes back as a plain pickle (the shared queue's
+results go to Redis as they are).
+
 The task id travels in the header, outside the pickle, so a payload that cannot be
 unpickled (or a worker that dies while reading one) is still pinned on exactly one
 task. Payloads are pickles: the standard pickler first (fast), cloudpickle when the
@@ -46,9 +53,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
+from . import _oob
+
 __all__ = [
     "BAD_PAYLOAD",
     "CALL",
+    "CALL_INBAND",
     "COOKIE",
     "ERROR",
     "HEADER",
@@ -72,17 +82,21 @@ __all__ = [
     "dumps_call",
     "dumps_exception",
     "find_type",
+    "loads",
     "loads_exception",
     "pack_header",
     "remote_traceback",
     "split_usage",
 ]
 
-VERSION: Final = 2  # 2: replies end with the USAGE trailer
+# 2: replies end with the USAGE trailer; 3: shared-memory envelopes, CALL_INBAND, and
+# RELEASE on the control pipe (see _oob)
+VERSION: Final = 3
 HEADER: Final = struct.Struct("<BBHIQ")
 MAX_PAYLOAD: Final = 2**32 - 1  # the length field is 4 bytes
 
 CALL: Final = 1  # parent -> worker: (fn, args, kwargs, memory_limit)
+CALL_INBAND: Final = 8  # the same, whose result must be a plain pickle (no envelope)
 RESULT: Final = 2  # worker -> parent: the return value
 ERROR: Final = 3  # worker -> parent: (exception, traceback text)
 BAD_PAYLOAD: Final = 4  # worker -> parent: JSON {what, error type, ...}; never a pickle
@@ -94,17 +108,21 @@ SHUTDOWN: Final = 6  # worker -> parent: the task raised isopool.Shutdown (a nor
 REVOKED: Final = 7
 REVOKED_OK: Final = b"\x01"
 REVOKED_LATE: Final = b"\x00"
-_KINDS: Final = frozenset({CALL, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN, REVOKED})
+_KINDS: Final = frozenset(
+    {CALL, CALL_INBAND, RESULT, ERROR, BAD_PAYLOAD, INIT_FAILED, SHUTDOWN, REVOKED}
+)
 REPLIES: Final = frozenset({RESULT, ERROR, SHUTDOWN, BAD_PAYLOAD})  # end with USAGE
 # (wall, user, system seconds; peak RSS bytes; voluntary, involuntary switches)
 USAGE: Final = struct.Struct("<dddQQQ")
 
 # parent -> worker, on the worker's control pipe (not the call pipe, which the worker
 # does not read while a call runs): "do not start call number N" (1-based, in the
-# order the calls were written to that worker).
+# order the calls were written to that worker); or, with _oob.RELEASE_BIT set, "I
+# have opened the memfd of your result with this token: close yours".
 REVOKE: Final = struct.Struct("<Q")
-# parent -> worker, first on the control pipe: the 16-bit cookie of pack_header.
-COOKIE: Final = struct.Struct("<H")
+# parent -> worker, first on the control pipe: the 16-bit cookie of pack_header and the
+# parent's pid (whose slabs, see _oob, the worker may be lent).
+COOKIE: Final = struct.Struct("<HI")
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).
@@ -283,22 +301,49 @@ def split_usage(payload: Payload) -> tuple[Payload, bytes | None]:
     return payload[:-size], payload[-size:]
 
 
-def dumps(obj: object) -> bytes:
+Sharer = Callable[[bytes, list[pickle.PickleBuffer]], bytes | None]
+"""Puts a pickle's out-of-band buffers in shared memory; returns the envelope or None."""
+
+
+def dumps(obj: object, share: Sharer | None = None) -> bytes:
     """Pickle ``obj`` with the standard pickler, or cloudpickle when it needs one.
 
     The standard pickler is ~15x faster for small objects; cloudpickle is used when it
     fails or when the pickle names ``__main__`` (which the worker does not share).
+    With ``share``, buffers of ``_oob.THRESHOLD`` bytes or more go out of band and
+    ``share`` makes the envelope (which may own shared memory); when it returns None
+    (no room), ``obj`` is pickled in band after all.
     """
+    collector = _oob.Collector() if share else None
     try:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
     except Exception:
         data = b""
-    if data and _MAIN_REF not in data:
-        return data
-    import cloudpickle
+    if not data or _MAIN_REF in data:
+        import cloudpickle
 
-    data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return bytes(data)
+        collector = _oob.Collector() if share else None
+        data = bytes(
+            cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
+        )
+    if share is not None and collector:
+        shared = share(data, collector)
+        return dumps(obj) if shared is None else shared
+    return data
+
+
+def loads(payload: Payload | _oob.Received) -> Any:  # noqa: ANN401 - whatever was pickled
+    """Unpickle what ``dumps`` made: a plain pickle, or an envelope claimed already.
+
+    Raises:
+        SharedBufferError: an envelope that was not claimed (see ``_oob``), or one
+            loaded before.
+    """
+    if isinstance(payload, _oob.Received):
+        return payload.load()
+    if _oob.is_shared(payload):
+        raise _oob.SharedBufferError("a shared-buffer envelope must be claimed first")
+    return pickle.loads(payload)
 
 
 def dumps_call(
@@ -308,6 +353,7 @@ def dumps_call(
     memory_limit: int | None,
     cpus: frozenset[int] | None = None,
     usage: bool = True,
+    share: bool = False,
 ) -> bytes:
     """Pickle one call for a worker; raises whatever pickling raised.
 
@@ -315,12 +361,17 @@ def dumps_call(
     the call on) only when given, plus ``False`` after it when the worker must not
     measure the call's usage (its reply then carries ``NOT_RUN``): a call with
     neither is the same bytes as before.
+    ``share``: large buffers go out of band (see ``dumps``); never for a call that
+    is stored (Redis), since the memfd lives only as long as this process.
     """
+    sharer = _oob.share_in_slab if share else None
+    if share:
+        args, kwargs = _oob.wrap_args(args, kwargs)
     if not usage:
-        return dumps((fn, args, kwargs, memory_limit, cpus, False))
+        return dumps((fn, args, kwargs, memory_limit, cpus, False), sharer)
     if cpus is None:
-        return dumps((fn, args, kwargs, memory_limit))
-    return dumps((fn, args, kwargs, memory_limit, cpus))
+        return dumps((fn, args, kwargs, memory_limit), sharer)
+    return dumps((fn, args, kwargs, memory_limit, cpus), sharer)
 
 
 # The worker-side traceback of a task's exception, chained as its ``__cause__``: the

@@ -33,24 +33,33 @@ What the worker does with each failure, so that the parent can pin it on one tas
 - the task closes (or breaks) the worker's result pipe: the worker exits with
   ``_reaper.EXIT_PIPE_LOST``, which the parent reports as such.
 
-Imports only ``_wire`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for one exit
-code): worker start-up is a benchmark figure, and the fork server has imported all of this already.
+Large buffers of a call or a result travel in sealed memfds, not through the pipes
+(``_oob``): a result's memfd stays open here until the parent says on the control
+pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
+waits for that (at most ``_RELEASE_WAIT``), so no result is lost to a clean exit.
+
+Imports only ``_wire``, ``_oob`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for
+one exit code): worker start-up is a benchmark figure, and the fork server has imported all of
+this already.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import mmap
 import os
 import pickle
 import resource
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
 
-from . import _wire
+from . import _oob, _wire
 from ._errors import Shutdown
 from ._reaper import EXIT_PIPE_LOST
 
@@ -66,6 +75,9 @@ __all__ = [
 
 _READ_SIZE = 1 << 20
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
+# How long an exiting worker waits for the parent to release its last results' memfds:
+# the parent does so as it reads each reply, so this bounds only a parent that hangs.
+_RELEASE_WAIT: Final = 10.0
 
 
 class Initializer(NamedTuple):
@@ -102,14 +114,16 @@ def serve(
             _run_initializer(result_fd, initializer)
         reader = _wire.FrameReader()
         done = 0
+        can_share = control_fd >= 0  # the RELEASE of a result memfd comes on it
         while not max_tasks or done < max_tasks:
             frames = _read_frames(call_fd, reader)
             if frames is None:
                 break
-            for _kind, task_id, payload in frames:
+            for kind, task_id, payload in frames:
                 if revocations.start_next():
-                    _run_call(result_fd, task_id, payload)
+                    _run_call(result_fd, task_id, payload, can_share and kind == _wire.CALL)
                 done += 1  # a revoked call counts too: the parent counted it as written
+        _await_releases(control_fd, revocations.watching)
     except SystemExit as exc:
         _exit(_exit_code(exc))
     _exit(0)
@@ -122,13 +136,14 @@ _write_lock = threading.Lock()
 
 
 def _read_cookie(fd: int) -> int:
+    global _parent_pid
     data = b""
     while len(data) < _wire.COOKIE.size:
         chunk = os.read(fd, _wire.COOKIE.size - len(data))
         if not chunk:
             _exit(_EXIT_NO_COOKIE)
         data += chunk
-    (cookie,) = _wire.COOKIE.unpack(data)
+    cookie, _parent_pid = _wire.COOKIE.unpack(data)
     return int(cookie)
 
 
@@ -145,6 +160,7 @@ class _Revocations:
 
     def __init__(self, result_fd: int) -> None:
         self._result_fd = result_fd
+        self.watching = False
         self._lock = threading.Lock()
         self._started = 0
         self._revoked: set[int] = set()
@@ -164,21 +180,21 @@ class _Revocations:
             target=self._watch, args=(control_fd,), name="isopool-revoker", daemon=True
         )
         thread.start()
+        self.watching = True
 
     def _watch(self, control_fd: int) -> None:
         pending = b""
-        size = _wire.REVOKE.size
         while True:
             try:
                 data = os.read(control_fd, 4096)
             except OSError:
+                data = b""
+            if not data:  # the parent is gone; the call pipe's EOF ends the worker
+                _release_all()  # and no RELEASE will come
                 return
-            if not data:
-                return  # the parent is gone; the call pipe's EOF ends the worker
             pending += data
-            while len(pending) >= size:
-                (number,) = _wire.REVOKE.unpack_from(pending)
-                pending = pending[size:]
+            messages, pending = _control_messages(pending)
+            for number in messages:
                 self._answer(number)
 
     def _answer(self, number: int) -> None:
@@ -189,6 +205,165 @@ class _Revocations:
                     self._revoked.add(number)
             answer = _wire.REVOKED_LATE if late else _wire.REVOKED_OK
             _write_frame(self._result_fd, _wire.REVOKED, number, answer)
+
+
+def _control_messages(pending: bytes) -> tuple[list[int], bytes]:
+    """Act on the RELEASE and SLAB messages in ``pending``; return REVOKEs and the rest.
+
+    REVOKE n is one number; RELEASE (``_oob.RELEASE_BIT``) one number; SLAB
+    (``_oob.SLAB_BIT`` | fd) is followed by the slab's token.
+    """
+    size = _wire.REVOKE.size
+    revokes: list[int] = []
+    while len(pending) >= size:
+        (number,) = _wire.REVOKE.unpack_from(pending)
+        if number & _oob.RELEASE_BIT:
+            _release(number & ~_oob.RELEASE_BIT)
+        elif number & _oob.SLAB_BIT:
+            if len(pending) < 2 * size:
+                break  # its token is still to come
+            (token,) = _wire.REVOKE.unpack_from(pending, size)
+            _lend_slab(number & ~_oob.SLAB_BIT, token)
+            pending = pending[size:]
+        else:
+            revokes.append(number)
+        pending = pending[size:]
+    return revokes, pending
+
+
+# The memfds of results the parent has not yet opened, by token (see _oob).
+_held: dict[int, _oob._Memfd] = {}
+_held_changed = threading.Condition()
+_parent_pid = 0  # the pool's process: the holder of the slabs (from the cookie message)
+# The parent's slab this worker may write its next large result into: (fd, token)
+# there. Set by the watcher thread, taken by the main thread.
+_lent: tuple[int, int] | None = None
+_lent_lock = threading.Lock()
+# The parent's slabs mapped here, by (fd, token) there: (our descriptor, mapping).
+# Slabs are reused, so most calls and results find theirs mapped already.
+_mapped: collections.OrderedDict[tuple[int, int], tuple[int, mmap.mmap]] = collections.OrderedDict()
+_MAPPED_MAX: Final = 8
+
+
+def _lend_slab(fd: int, token: int) -> None:
+    global _lent
+    with _lent_lock:
+        _lent = (fd, token)
+
+
+def _map_slab(fd: int, token: int, need: int, grow: bool) -> mmap.mmap:
+    """The parent's slab ``fd``/``token`` mapped here, at least ``need`` bytes long.
+
+    With ``grow``, a slab smaller than that is enlarged (a result larger than it).
+
+    Raises:
+        SharedBufferError: it is not the parent's slab, or too small (without grow).
+        OSError: out of memory or descriptors.
+    """
+    key = (fd, token)
+    entry = _mapped.pop(key, None)
+    mapping: mmap.mmap | None
+    if entry is None:
+        local, mapping = _oob.open_slab(_parent_pid, fd, token), None
+    else:
+        local, mapping = entry
+    try:
+        if mapping is None or len(mapping) < need:
+            size = os.fstat(local).st_size
+            if size < need:
+                if not grow:
+                    raise _oob.SharedBufferError(
+                        f"shared buffers end at byte {need} of a {size}-byte slab"
+                    )
+                os.ftruncate(local, need)
+                size = need
+            if mapping is not None:
+                mapping.close()
+            mapping = None
+            mapping = mmap.mmap(local, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    except BaseException:
+        if mapping is not None:
+            mapping.close()
+        os.close(local)
+        raise
+    _mapped[key] = (local, mapping)
+    while len(_mapped) > _MAPPED_MAX:
+        _key, (old_fd, old_map) = _mapped.popitem(last=False)
+        old_map.close()
+        os.close(old_fd)
+    return mapping
+
+
+def _claim_call(payload: _wire.Payload) -> _wire.Payload | _oob.Received:
+    """A call's payload, its shared buffers (in a slab of the parent's) made readable."""
+    if not _oob.is_shared(payload):
+        return payload
+    pid, fd, token = _oob.slab_of(payload)
+    if pid != _parent_pid:
+        raise _oob.SharedBufferError(f"a call's shared buffers held by {pid}, not the pool")
+    # The extent, not 0: the parent may have grown the slab since it was mapped here.
+    mapping = _map_slab(fd, token, _oob.extent(payload), grow=False)
+    return _oob.claim_mapped(payload, mapping)
+
+
+def _share_result(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    """Put a result's large buffers in the slab the parent lent, else a memfd of ours."""
+    global _lent
+    with _lent_lock:
+        lent, _lent = _lent, None
+    if lent is not None:
+        fd, token = lent
+        try:
+            mapping = _map_slab(fd, token, _oob.layout_size(buffers), grow=True)
+        except (OSError, _oob.SharedBufferError):
+            pass  # the parent's memory is unusable: ours will do
+        else:
+            return _oob.share_in_mapping(mapping, _parent_pid, fd, token, data, buffers)
+    payload = _oob.share(data, buffers)
+    _hold(payload)  # before the parent can read the frame and RELEASE it
+    return payload
+
+
+def _hold(payload: _oob.SharedPayload) -> None:
+    with _held_changed:
+        _held[_oob.token_of(payload)] = payload.hold  # type: ignore[assignment]  # share() holds a _Memfd
+
+
+def _release(token: int) -> None:
+    with _held_changed:
+        memfd = _held.pop(token, None)
+        _held_changed.notify_all()
+    if memfd is not None:
+        memfd.close()
+
+
+def _release_all() -> None:
+    with _held_changed:
+        memfds = list(_held.values())
+        _held.clear()
+        _held_changed.notify_all()
+    for memfd in memfds:
+        memfd.close()
+
+
+def _await_releases(control_fd: int, watching: bool) -> None:
+    """Before a clean exit: let the parent open the memfds of the last results first.
+
+    The watcher thread reads RELEASEs when it runs; otherwise (a worker of one call)
+    this reads them from ``control_fd`` itself.
+    """
+    deadline = time.monotonic() + _RELEASE_WAIT
+    if watching:
+        with _held_changed:
+            _held_changed.wait_for(lambda: not _held, _RELEASE_WAIT)
+        return
+    pending = b""
+    while _held and control_fd >= 0:
+        ready, _, _ = select.select([control_fd], [], [], max(0.0, deadline - time.monotonic()))
+        data = os.read(control_fd, 4096) if ready else b""
+        if not data:
+            return  # the parent is gone or slow: exit; the memfds go with this process
+        _revokes, pending = _control_messages(pending + data)
 
 
 def _read_frames(fd: int, reader: _wire.FrameReader) -> list[_wire.Frame] | None:
@@ -260,12 +435,13 @@ def _finish_multiprocessing() -> None:
         util._exit_function()  # what Process._bootstrap calls at a child's end
 
 
-def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
+def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool) -> None:
     # Every handler catches BaseException: a KeyboardInterrupt or SystemExit raised by
     # a payload's __reduce__ fails that task, and the worker lives on (the stdlib's
-    # worker would die and break its pool).
+    # worker would die and break its pool). ``share``: the result's large buffers may
+    # go out of band.
     try:
-        call = pickle.loads(payload)
+        call = _wire.loads(_claim_call(payload))
         fn, args, kwargs, memory_limit = call[:4]
         cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
         measure = len(call) < 6  # Pool(usage=False) appends False: no getrusage at all
@@ -290,7 +466,8 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload) -> None:
     else:
         usage = _NOT_RUN if start is None else _usage_since(start)
         try:
-            data = _wire.dumps(value)
+            sharer = _share_result if share else None
+            data = _wire.dumps(_oob.wrap(value) if share else value, sharer)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
             _send_exception(result_fd, task_id, exc, usage)
         except BaseException as exc:

@@ -378,3 +378,77 @@ def raise_then_crash(path):
         marker.write_text("ran")
         raise ValueError("first run")
     os._exit(9)
+
+
+def _own_task_id():
+    """The id of the call this worker is running, found up the stack as for the pipe."""
+    frame = sys._getframe()
+    while frame is not None:
+        if "task_id" in frame.f_locals and "result_fd" in frame.f_locals:
+            return frame.f_locals["task_id"]
+        frame = frame.f_back
+    raise RuntimeError("not running in an isopool worker")
+
+
+def send_bogus_shared_result(how):
+    """Write a well-stamped RESULT whose shared-buffer descriptor is bogus, then exit.
+
+    ``how``: "bad-fd" (no such descriptor), "negative-fd", "not-a-memfd" (its stdin),
+    "too-large" (a buffer past the memfd's end), "unsealed", "truncated".
+    """
+    import pickle
+
+    from isopool import _oob, _wire, _worker
+
+    pid, fd, token, length = os.getpid(), 987654, 1, 4096
+    if how == "negative-fd":
+        fd = -5
+    elif how == "not-a-memfd":
+        fd = 0
+    elif how in ("too-large", "unsealed"):
+        token = 424242
+        fd = os.memfd_create(f"isopool-{token:x}", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 4096)
+        if how == "too-large":  # sealed as the real ones are, but 1 GiB short
+            import fcntl
+
+            length = 1 << 30
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    head = _oob._HEAD.pack(_oob.MAGIC, pid, fd, 1, token)
+    entry = _oob._ENTRY.pack(0, length, 0)
+    body = pickle.dumps(bytearray(b"x"), protocol=5)
+    payload = (head + entry)[:10] if how == "truncated" else head + entry + body
+    payload += _wire.NOT_RUN
+    header = _wire.pack_header(_wire.RESULT, _own_task_id(), len(payload), _worker._cookie)
+    # Stay alive (with the memfd) until the parent has looked at it: it RELEASEs every
+    # shared result it reads, on this worker's control pipe (token 0: unreadable), and
+    # the watcher thread pops the token from _held then.
+    awaited = 0 if how == "truncated" else token
+    with _worker._held_changed:
+        _worker._held[awaited] = None
+    os.write(_own_result_fd(), header + payload)
+    with _worker._held_changed:
+        _worker._held_changed.wait_for(lambda: awaited not in _worker._held, 30.0)
+    os._exit(0)
+
+
+def echo_then_die_after(value, delay):
+    """Return ``value``, and SIGKILL this worker ``delay`` seconds from now, mid-reply."""
+    import signal
+    import threading
+    import time
+
+    def kill():
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=kill, daemon=True).start()
+    return value
+
+
+def die_holding(value):
+    """SIGKILL this worker while it holds ``value`` (a large argument)."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -92,6 +92,12 @@ class FakePort:
     def log(self, level: int, message: str) -> None:
         self.effects.append(("log", level, message))
 
+    def lend_slab(self, worker: WorkerHandle) -> None:
+        self.effects.append(("lend_slab", worker.id))
+
+    def claim_result(self, worker: WorkerHandle, task: Task[Any], payload: object) -> object:
+        raise AssertionError("no test here sends a shared result")
+
     def signals(self) -> list[tuple[int, signal.Signals]]:
         return [(e[1], e[2]) for e in self.effects if e[0] == "signal"]
 
