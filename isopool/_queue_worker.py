@@ -60,7 +60,7 @@ class _Run:
     entry: str
     task: Task[Any]
     options: JobOptions
-    attempts: int
+    retries: int  # retries already spent after the job raised (not crashes)
     lost: bool = False  # our lease was taken: never commit
     cancelled: bool = False  # the job was cancelled while running
     commit: tuple[Any, ...] | None = None  # a FINISH that Redis did not take yet
@@ -217,12 +217,12 @@ class QueueWorker:
             )
         if verdict != "run":
             return
-        job_id, payload, options, name, attempts = (
+        job_id, payload, options, name, retries = (
             _text(reply[1]),
             reply[2],
             reply[3],
             _text(reply[4]),
-            int(reply[5]),
+            int(reply[6]),
         )
         if claim_ms >= 0:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
@@ -237,7 +237,7 @@ class QueueWorker:
         monitor = self.pool._monitor
         task = monitor.new_raw_task(body, name, local)
         task.add_done_callback(lambda _task: self._wake.set())
-        self._runs[entry] = _Run(job_id, band, entry, task, opts, attempts)
+        self._runs[entry] = _Run(job_id, band, entry, task, opts, retries)
         monitor.submit(task)
 
     # -- leases ----------------------------------------------------------------------------
@@ -339,9 +339,9 @@ class QueueWorker:
         else:
             blob_kind, blob = "error", pickle.dumps(exc)
         if opts.restart == "transient":
-            if run.attempts <= opts.max_retries:
-                delay = int(backoff_delay(opts.backoff, run.attempts) * 1000)
-                return (*base, "retry", "", b"", ttl, delay, "")
+            if run.retries < opts.max_retries:
+                delay = int(backoff_delay(opts.backoff, run.retries + 1) * 1000)
+                return (*base, "retry", "", b"", ttl, delay, "raised")
             return (*base, "dead", blob_kind, self._sign(run, blob), ttl, 0, "retries-exhausted")
         return (*base, "failed", blob_kind, self._sign(run, blob), ttl, 0, "")
 

@@ -112,16 +112,20 @@ if redis.call('HGET', job, 'cancel') then
   notify(id)
   return {'gone', id}
 end
+-- A delivery that ended in a committed retry (the job raised) is not a crash: only
+-- the others (the worker died, the lease expired) spend the crash budget.
 local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-if deliveries > tonumber(ARGV[6]) then
+local retries = tonumber(redis.call('HGET', job, 'retries') or 0)
+if deliveries - retries > tonumber(ARGV[6]) then
   drop(stream, entry)
-  dead(job, id, 'delivery-limit: delivered ' .. deliveries .. ' times', ARGV[7])
+  local lost = deliveries - retries - 1
+  dead(job, id, 'delivery-limit: ' .. lost .. ' deliveries lost to crashes', ARGV[7])
   return {'dead', id}
 end
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', ARGV[7])
 local v = redis.call('HMGET', job, 'payload', 'options', 'name')
-return {'run', id, v[1], v[2], v[3], tostring(attempts)}
+return {'run', id, v[1], v[2], v[3], tostring(attempts), tostring(retries)}
 """
 )
 
@@ -148,6 +152,8 @@ if not owns(stream, entry, consumer) then return 0 end
 drop(stream, entry)
 local job = prefix .. ':job:' .. id
 if status == 'retry' then
+  -- reason 'raised': the job's own failure, retried; 'crashed': a lost delivery.
+  if ARGV[13] == 'raised' then redis.call('HINCRBY', job, 'retries', 1) end
   redis.call('HSET', job, 'status', 'delayed', 'owner', '')
   redis.call('ZADD', prefix .. ':delayed', tonumber(ARGV[12]) + tonumber(ARGV[11]), id)
   return 1
@@ -155,6 +161,13 @@ end
 if status == 'release' then
   redis.call('HINCRBY', job, 'deliveries', -1)
   redis.call('HINCRBY', job, 'attempts', -1)
+  if tonumber(ARGV[11]) > 0 then
+    -- handed back after retry_ms (signed with a key this worker lacks): not at the
+    -- tail of the stream at once, where the same worker would fetch it in a hot loop
+    redis.call('HSET', job, 'status', 'delayed', 'owner', '')
+    redis.call('ZADD', prefix .. ':delayed', tonumber(ARGV[12]) + tonumber(ARGV[11]), id)
+    return 1
+  end
   local band = redis.call('HGET', job, 'band')
   local new = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
   redis.call('HSET', job, 'status', 'queued', 'owner', '', 'entry', new)
@@ -238,7 +251,8 @@ if status ~= 'dead' and status ~= 'failed' and status ~= 'cancelled' then return
 local band = redis.call('HGET', job, 'band')
 local entry = redis.call('XADD', prefix .. ':jobs:' .. band, '*', 'id', id)
 redis.call('HDEL', job, 'result', 'kind', 'reason', 'cancel', 'owner')
-redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0)
+redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0,
+  'retries', 0)
 redis.call('PERSIST', job)
 return 1
 """

@@ -96,9 +96,23 @@ class JobOptions:
         priority: 0 (most urgent) to 9; band 0 drains before band 1.
         timeout: Seconds one run may take; None for no limit.
         restart: "temporary" (a failure is final) or "transient" (a failure is
-            retried, with back-off, up to ``max_retries``; then dead-lettered).
-        max_retries: Retries of a transient job (default 3).
+            retried, with back-off, up to ``max_retries``; then dead-lettered as
+            ``retries-exhausted``, and ``Job.result()`` raises the job's own last
+            exception, with the remote traceback as its ``__cause__``).
+        max_retries: Retries of a transient job after it *failed* (raised, or ran
+            past its ``timeout``): it runs at most ``max_retries + 1`` times (default
+            3). Crashes are not retries: they spend the queue's crash budget.
         backoff: Seconds before the first retry, doubling each time (max 60 s).
+
+    Three counters are kept on the job apart (see ``Job.info()``): ``deliveries``,
+    the times a worker took the job; ``retries``, the deliveries that ended with the
+    job's own failure and were retried under ``restart="transient"``; and the rest,
+    ``deliveries - retries``, which are deliveries lost to crashes (the job's process
+    died, or its worker died or went silent past its lease). Whatever ``restart``
+    says, a job that crashed ``max_deliveries`` times (the serving worker's
+    ``RedisQueue(max_deliveries=)``, default 3) is not delivered again: it is
+    dead-lettered as ``delivery-limit`` and ``Job.result()`` raises TaskCrashError.
+    ``attempts`` counts the runs started (a hand-back on shutdown is not one).
         result_ttl: Seconds a finished job and its result are kept (default 1 day).
         memory_limit: Bytes a run may allocate, or None.
         key: A uniqueness key: while a job with this key is scheduled, queued,
@@ -192,8 +206,10 @@ class RedisQueue:
         secret_file: A file holding the secret.
         lease: Seconds a worker may go silent before its job is handed to another
             (default 30; workers renew every third of it).
-        max_deliveries: Deliveries (crashes, lost leases) before a job goes to the
-            dead-letter stream (default 3).
+        max_deliveries: The crash budget: deliveries lost to crashes (the job's
+            process died, its worker died or lost the lease) a job may have before
+            it goes to the dead-letter stream as ``delivery-limit`` (default 3).
+            Retries after the job raised are counted apart (``JobOptions``).
         client: An existing ``redis.Redis`` to use instead of connecting to ``url``.
 
     Raises:
