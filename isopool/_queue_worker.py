@@ -17,8 +17,11 @@ The worker never unpickles a job or a result: the signed call bytes go to a work
 process as they are, and the pickled outcome comes back as bytes to be signed and
 stored. A crash of the job's process counts as a lost delivery: the job goes back to
 the queue until ``max_deliveries``, then to the dead-letter stream. An exception or a
-time-out follows the job's restart policy. On SIGTERM or Ctrl-C the worker stops
-fetching, lets running jobs finish for ``drain`` seconds, and hands the rest back.
+time-out follows the job's restart policy, with its own count (``retries``). A job
+signed with a key id the queue knows but this worker lacks is handed back (queued
+again a second later, for any worker); a bad signature is dead-lettered. On SIGTERM
+or Ctrl-C the worker stops fetching, lets running jobs finish for ``drain`` seconds,
+and hands the rest back.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ._policy import backoff_delay
 from ._pool import Pool
 from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
 from ._schedules import fire_due
+from ._signing import Keyring
 from ._spec import MAX_PRIORITY, TaskOptions
 from ._task import Task
 
@@ -51,6 +55,11 @@ _SCHEDULES_EVERY: Final = 1.0  # seconds between looks for due cron schedules
 _IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
 _BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
 _BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
+# A job signed with a key this worker lacks waits this long before it is queued again
+# (for any worker): long enough that a worker alone without the key does not spin on
+# it, short enough that one with the key gets it soon.
+_FOREIGN_DELAY_MS: Final = 1000
+_FOREIGN_LOG_CAP: Final = 1000  # jobs per foreign key id logged once (then silent)
 
 
 @dataclasses.dataclass(slots=True)
@@ -98,6 +107,8 @@ class QueueWorker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lease_ms = int(queue.lease * 1000)
+        # Key ids of the queue we lack -> the ids of their jobs already logged.
+        self._foreign: dict[str, set[str]] = {}
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
@@ -226,6 +237,9 @@ class QueueWorker:
         )
         if claim_ms >= 0:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
+        if self._is_foreign(payload):
+            self._hand_back_foreign(band, entry, job_id, payload)
+            return
         try:
             body = self.queue.keys.verify(payload, self.queue.context(job_id, "call"))
             opts = JobOptions.from_json(options)
@@ -239,6 +253,36 @@ class QueueWorker:
         task.add_done_callback(lambda _task: self._wake.set())
         self._runs[entry] = _Run(job_id, band, entry, task, opts, retries)
         monitor.submit(task)
+
+    def _is_foreign(self, payload: bytes) -> bool:
+        """Signed with a key id the queue knows (it has a key check) but we lack?
+
+        Such a job is another worker's (during a key rotation, say), not a forgery. A
+        key id the queue never saw is no one's: that job is refused as forged.
+        """
+        kid = Keyring.key_id_of(payload)
+        if kid is None or self.queue.keys.holds(kid):
+            return False
+        if kid not in self._foreign:
+            with self.queue.translate_errors():
+                if not self.queue.redis.hexists(self.queue.keycheck_key, kid):
+                    return False
+            self._foreign[kid] = set()
+        return True
+
+    def _hand_back_foreign(self, band: int, entry: str, job_id: str, payload: bytes) -> None:
+        """Give the job back, out of the stream for a while, for a worker with its key."""
+        seen = self._foreign[Keyring.key_id_of(payload) or ""]
+        if job_id not in seen and len(seen) < _FOREIGN_LOG_CAP:
+            seen.add(job_id)
+            log.warning(
+                "queue %r: job %s is signed with key id %r, which this worker lacks; "
+                "handed back for a worker that holds it",
+                self.queue.name,
+                job_id,
+                Keyring.key_id_of(payload),
+            )
+        self._commit(band, entry, job_id, "release", "", b"", 60.0, _FOREIGN_DELAY_MS, "")
 
     # -- leases ----------------------------------------------------------------------------
 

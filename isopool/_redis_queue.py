@@ -15,6 +15,9 @@ slot::
     isopool:{NAME}:unique:KEY   the id of the job that holds uniqueness key KEY
     isopool:{NAME}:dead         the dead-letter stream: job id and reason
     isopool:{NAME}:done:ID      a wake-up list for ``Job.result`` waiters
+    isopool:{NAME}:keycheck     key id -> a check value of its secret, written by
+                                the first client or worker with that key id: a
+                                later one whose secret differs refuses to start
 
 Delivery is at least once, with exactly one committed result. A worker's lease on a
 job is its entry in the group's pending list: the worker renews it (resets its idle
@@ -33,7 +36,9 @@ holds while its job is not final, and ``unique_for`` after the job's ``ended`` t
 two clients racing on one key get the same job id.
 
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
-their kind, and verified before anything is unpickled. Redis is imported lazily:
+their kind, and verified before anything is unpickled. A wrong secret is caught at
+start by the key check (``SignatureError`` naming the queue and key id), so it can
+never make a worker dead-letter the queue's valid jobs as forged. Redis is imported lazily:
 the core of isopool works without it.
 """
 
@@ -41,38 +46,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import math
-import pickle
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from . import _wire
-from ._errors import (
-    QueueUnavailableError,
-    RestartLimitError,
-    SignatureError,
-    TaskCrashError,
-)
+from ._errors import QueueUnavailableError
+from ._redis_common import FINAL as FINAL
+from ._redis_common import GROUP as GROUP
+from ._redis_common import UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, redact, text
 from ._redis_lua import SCRIPTS as _SCRIPTS
 from ._schedules import Schedule
 from ._signing import Keyring
-from ._spec import (
-    DEFAULT_PRIORITY,
-    MAX_PRIORITY,
-    check_duration,
-    check_positive_int,
-    check_priority,
-    check_restart,
-    check_seconds,
-    describe_function,
-    parse_memory_limit,
-    resolve_function,
-)
+from ._spec import MAX_PRIORITY, check_duration, check_positive_int
 
 if TYPE_CHECKING:
     import redis
@@ -81,103 +69,6 @@ __all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue", "Sch
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "workers"
-FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
-_WAKE_TTL: Final = 300  # seconds a result wake-up token lives
-_POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
-_UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under it
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class JobOptions:
-    """The validated per-job settings, stored with the job as JSON.
-
-    Attributes:
-        priority: 0 (most urgent) to 9; band 0 drains before band 1.
-        timeout: Seconds one run may take; None for no limit.
-        restart: "temporary" (a failure is final) or "transient" (a failure is
-            retried, with back-off, up to ``max_retries``; then dead-lettered as
-            ``retries-exhausted``, and ``Job.result()`` raises the job's own last
-            exception, with the remote traceback as its ``__cause__``).
-        max_retries: Retries of a transient job after it *failed* (raised, or ran
-            past its ``timeout``): it runs at most ``max_retries + 1`` times (default
-            3). Crashes are not retries: they spend the queue's crash budget.
-        backoff: Seconds before the first retry, doubling each time (max 60 s).
-
-    Three counters are kept on the job apart (see ``Job.info()``): ``deliveries``,
-    the times a worker took the job; ``retries``, the deliveries that ended with the
-    job's own failure and were retried under ``restart="transient"``; and the rest,
-    ``deliveries - retries``, which are deliveries lost to crashes (the job's process
-    died, or its worker died or went silent past its lease). Whatever ``restart``
-    says, a job that crashed ``max_deliveries`` times (the serving worker's
-    ``RedisQueue(max_deliveries=)``, default 3) is not delivered again: it is
-    dead-lettered as ``delivery-limit`` and ``Job.result()`` raises TaskCrashError.
-    ``attempts`` counts the runs started (a hand-back on shutdown is not one).
-        result_ttl: Seconds a finished job and its result are kept (default 1 day).
-        memory_limit: Bytes a run may allocate, or None.
-        key: A uniqueness key: while a job with this key is scheduled, queued,
-            running or waiting to retry (and for ``unique_for`` seconds after it
-            ended), enqueueing the same key returns that job instead of a new one.
-        unique_for: Seconds the key stays taken after its job ended (default 0).
-            The finished job is kept at least that long (``result_ttl`` is raised
-            to it), since its record is what holds the key.
-    """
-
-    priority: int = DEFAULT_PRIORITY
-    timeout: float | None = None
-    restart: str = "temporary"
-    max_retries: int = 3
-    backoff: float = 1.0
-    result_ttl: float = 86400.0
-    memory_limit: int | None = None
-    key: str | None = None
-    unique_for: float = 0.0
-
-    @classmethod
-    def build(cls, **options: object) -> JobOptions:
-        """Validate ``options`` over the defaults; raise naming the bad one."""
-        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-        merged = {**dataclasses.asdict(cls()), **options}
-        restart = check_restart(merged["restart"])
-        if restart == "permanent":
-            raise ValueError("restart='permanent' makes no sense for a queued job; use transient")
-        ttl = check_duration("result_ttl", merged["result_ttl"])
-        if ttl < 1:
-            raise ValueError(f"result_ttl must be at least 1 second, got {ttl!r}")
-        key = merged["key"]
-        if key is not None and (not isinstance(key, str) or not key):
-            raise ValueError(f"key must be a non-empty string or None, got {key!r}")
-        unique_for = check_duration("unique_for", merged["unique_for"])
-        if unique_for and key is None:
-            raise ValueError("unique_for needs a key= to be unique on")
-        return cls(
-            priority=check_priority(merged["priority"]),
-            timeout=check_seconds("timeout", merged["timeout"]),
-            restart=restart,
-            max_retries=check_positive_int("max_retries", merged["max_retries"], allow_zero=True),
-            backoff=check_duration("backoff", merged["backoff"]),
-            memory_limit=parse_memory_limit(merged["memory_limit"]),
-            key=key,
-            unique_for=unique_for,
-            result_ttl=max(ttl, unique_for),
-        )
-
-    def merge(self, changes: Mapping[str, object]) -> JobOptions:
-        """A copy with ``changes`` validated and applied."""
-        return JobOptions.build(**{**dataclasses.asdict(self), **changes})
-
-    def to_json(self) -> str:
-        """The JSON stored in the job hash."""
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> JobOptions:
-        """Read options back; unknown fields (a newer isopool) are ignored."""
-        raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,7 +80,7 @@ class DeadLetter:
     at: float
 
 
-class RedisQueue:
+class RedisQueue(QueueBase):
     """A priority job queue shared through Redis by any number of isopool workers.
 
     Enqueue from anywhere; run ``isopool worker --redis URL --queue NAME`` on as many
@@ -230,18 +121,11 @@ class RedisQueue:
         max_deliveries: int = 3,
         client: redis.Redis | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name or any(c in name for c in "{}"):
-            raise ValueError(f"name must be a non-empty string without braces, got {name!r}")
-        self.name = name
-        self.url = url
-        self.keys = Keyring.load(secret, key_id=key_id, secret_file=secret_file)
+        super().__init__(url, name, Keyring.load(secret, key_id=key_id, secret_file=secret_file))
         self.lease = check_duration("lease", lease)
         if self.lease < 1.0:
             raise ValueError(f"lease must be at least 1 second, got {lease!r}")
         self.max_deliveries = check_positive_int("max_deliveries", max_deliveries)
-        self.prefix = f"isopool:{{{name}}}"
-        self._options = JobOptions()
-        self._names: dict[str, None] = {}
         # Typed Any: redis-py's reply types depend on decode_responses (we use bytes).
         self.redis: Any = client if client is not None else _connect(url)
         self._scripts: dict[str, Any] = {
@@ -251,7 +135,7 @@ class RedisQueue:
             self.epoch = self._init_state()
 
     def __repr__(self) -> str:
-        return f"<isopool.RedisQueue {self.name!r} at {_redact(self.url)}>"
+        return f"<isopool.RedisQueue {self.name!r} at {redact(self.url)}>"
 
     # -- enqueueing -------------------------------------------------------------------
 
@@ -366,43 +250,17 @@ class RedisQueue:
         options: JobOptions,
         due: float | None = None,
     ) -> Job:
-        if isinstance(fn, str):
-            if fn not in self._names:
-                resolve_function(fn)
-                self._names[fn] = None
-        elif not callable(fn):
-            raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
-        job_id = uuid.uuid4().hex
-        body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
-        payload = self.keys.sign(body, self.context(job_id, "call"))
-        keys = [self.job_key(job_id), self.stream(options.priority), f"{self.prefix}:scheduled"]
-        unique = None if options.key is None else f"{self.prefix}:unique:{options.key}"
-        args_tail = [int(options.unique_for * 1000), options.key or ""]
-        due_ms = 0 if due is None else int(due * 1000)
-        for _attempt in range(_UNIQUE_ROUNDS):
-            held = ""
-            extra: list[str] = []
+        job = self.prepare(fn, args, kwargs, options, due)
+        unique = self.unique_key(job)
+        for _attempt in range(UNIQUE_ROUNDS):
             with self.translate_errors():
-                if unique is not None:
-                    held = _text(self.redis.get(unique) or b"")
-                    extra = [unique, self.job_key(held)] if held else [unique]
-                verdict, got = self.run(
-                    "enqueue",
-                    [*keys, *extra],
-                    job_id,
-                    payload,
-                    describe_function(fn),
-                    options.priority,
-                    options.to_json(),
-                    _now_ms(),
-                    due_ms,
-                    held,
-                    *args_tail,
-                )
-            if _text(verdict) != "retry":
-                return Job(self, _text(got))
+                held = "" if unique is None else text(self.redis.get(unique) or b"")
+                keys, argv = self.enqueue_call(job, held)
+                verdict, got = self.run("enqueue", keys, *argv)
+            if text(verdict) != "retry":
+                return Job(self, text(got))
         raise QueueUnavailableError(  # pragma: no cover - needs a storm of racing writers
-            f"could not take unique key {options.key!r} in {_UNIQUE_ROUNDS} rounds"
+            f"could not take unique key {options.key!r} in {UNIQUE_ROUNDS} rounds"
         )
 
     # -- looking jobs up ------------------------------------------------------------------
@@ -455,14 +313,6 @@ class RedisQueue:
 
     # -- shared with Job and the worker -------------------------------------------------
 
-    def stream(self, band: int) -> str:
-        """The stream key of priority band ``band``."""
-        return f"{self.prefix}:jobs:{band}"
-
-    def job_key(self, job_id: str) -> str:
-        """The hash key of job ``job_id``."""
-        return f"{self.prefix}:job:{job_id}"
-
     def scheduled(self) -> int:
         """Jobs waiting for their time (``enqueue_in``/``enqueue_at``), not retries."""
         with self.translate_errors():
@@ -475,7 +325,7 @@ class RedisQueue:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrangebyscore(delayed, "-inf", now_ms, start=0, num=limit)
             pipe.zrangebyscore(scheduled, "-inf", now_ms, start=0, num=limit)
-            ids = list(dict.fromkeys(_text(i) for got in pipe.execute() for i in got))
+            ids = list(dict.fromkeys(text(i) for got in pipe.execute() for i in got))
             if not ids:
                 return 0
             streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
@@ -484,17 +334,12 @@ class RedisQueue:
 
     def release_unique(self, key: str, job_id: str) -> None:
         """Let uniqueness key ``key`` expire now that job ``job_id`` ended (tidying only)."""
-        keys = [f"{self.prefix}:unique:{key}", self.job_key(job_id)]
         with self.translate_errors():
-            self.run("unique_release", keys, job_id, _now_ms())
+            self.run("unique_release", self.unique_release_keys(key, job_id), job_id, _now_ms())
 
     def run(self, name: str, keys: list[str], *args: object) -> Any:  # noqa: ANN401 - a reply
         """Run a script that declares its keys: the epoch key and its value come first."""
         return self._scripts[name](keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args])
-
-    def context(self, job_id: str, kind: str) -> bytes:
-        """What a signature binds a payload to: this queue, this job, this kind."""
-        return f"{self.name}\0{job_id}\0{kind}".encode()
 
     def script(self, name: str, *args: object) -> Any:  # noqa: ANN401 - a Redis reply
         """Run one of the queue's Lua scripts with the prefix and epoch first."""
@@ -502,33 +347,17 @@ class RedisQueue:
             keys=[f"{self.prefix}:epoch"], args=[self.prefix, self.epoch, *args]
         )
 
-    @contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Turn redis-py's connection errors into QueueUnavailableError."""
-        import redis
-
-        try:
-            yield
-        except redis.ResponseError as exc:
-            if "ISOPOOL_EPOCH" in str(exc) or "NOGROUP" in str(exc):
-                raise QueueUnavailableError(
-                    f"Redis lost the state of queue {self.name!r} (its epoch key is gone: "
-                    "was the server restarted without persistence, or flushed?). Jobs "
-                    "queued before may be lost; restart the workers and producers to "
-                    "start a new epoch."
-                ) from exc
-            raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueUnavailableError(
-                f"cannot reach Redis at {_redact(self.url)} for queue {self.name!r}: {exc}"
-            ) from exc
-
     def _init_state(self) -> str:
-        """Create the epoch and consumer groups once; warn when Redis may forget them."""
+        """Create the epoch, groups and key checks once; check ours; warn if volatile."""
         r = self.redis
         r.set(f"{self.prefix}:epoch", uuid.uuid4().hex, nx=True)
         epoch = r.get(f"{self.prefix}:epoch")
         pipe = r.pipeline(transaction=False)
+        proofs = self.keys.proofs(self.name)
+        for kid, proof in proofs.items():
+            pipe.hsetnx(self.keycheck_key, kid, proof)  # the first user of a key id
+        pipe.hmget(self.keycheck_key, list(proofs))
+        self.check_proofs(dict(zip(proofs, pipe.execute()[-1], strict=True)))
         for band in range(MAX_PRIORITY + 1):
             pipe.xgroup_create(self.stream(band), GROUP, id="0", mkstream=True)
         for result in pipe.execute(raise_on_error=False):
@@ -635,12 +464,11 @@ class Job:
         Returns:
             True if it is (or will be) cancelled; False if it already ended.
         """
-        prefix = self.queue.prefix
-        keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
+        keys = self.queue.cancel_keys(self.id)
         with self.queue.translate_errors():
-            state = _text(self.queue.run("cancel", keys, self.id, _now_ms()))
+            state = text(self.queue.run("cancel", keys, self.id, _now_ms()))
             if state == "cancelled" and (key := self.queue.redis.hget(self.key, "key")):
-                self.queue.release_unique(_text(key), self.id)
+                self.queue.release_unique(text(key), self.id)
         return state in ("cancelled", "cancelling")
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
@@ -656,50 +484,23 @@ class Job:
                 (TaskCrashError, TaskTimeoutError, RestartLimitError...).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        done_key = f"{self.queue.prefix}:done:{self.id}"
+        queue, done_key = self.queue, self.queue.done_key(self.id)
         while True:
-            with self.queue.translate_errors():
-                status, kind, blob, reason = self.queue.redis.hmget(
+            with queue.translate_errors():
+                status, kind, blob, reason = queue.redis.hmget(
                     self.key, "status", "kind", "result", "reason"
                 )
             state = status.decode() if status else "missing"
-            if state in FINAL or state == "missing":
-                return self._outcome(state, kind, blob, reason)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {self.id} did not finish within {timeout} s ({state})")
-            wait = _POLL_CAP if remaining is None else max(0.01, min(_POLL_CAP, remaining))
-            with self.queue.translate_errors():
-                if self.queue.redis.blpop([done_key], timeout=wait):
-                    self.queue.redis.rpush(done_key, "1")  # wake the other waiters too
-                    self.queue.redis.expire(done_key, _WAKE_TTL)
-
-    def _outcome(
-        self, state: str, kind: bytes | None, blob: bytes | None, reason: bytes | None
-    ) -> Any:  # noqa: ANN401 - the job's value
-        from concurrent.futures import CancelledError
-
-        if state == "missing":
-            self.queue.check_epoch()
-            raise QueueUnavailableError(
-                f"job {self.id} is not in queue {self.queue.name!r} (expired after its "
-                "result_ttl, never enqueued, or lost with the server's data)"
-            )
-        if state == "cancelled":
-            raise CancelledError(f"job {self.id} was cancelled")
-        why = reason.decode() if reason else ""
-        if not blob:  # dead-lettered with no result of its own
-            if why.startswith("delivery-limit"):
-                raise TaskCrashError(f"job {self.id} was dead-lettered: {why}")
-            if why == "bad-signature":
-                raise SignatureError(f"job {self.id} was dead-lettered: bad-signature")
-            raise RestartLimitError(f"job {self.id} was dead-lettered: {why}")
-        body = self.queue.keys.verify(blob, self.queue.context(self.id, "result"))
-        if kind == b"ok":
-            return pickle.loads(body)
-        if kind in (b"raised", b"shutdown"):
-            raise _wire.loads_exception(body)
-        raise pickle.loads(body)
+            if state == "missing":
+                queue.check_epoch()
+                raise queue.missing_error(self.id)
+            if state in FINAL:
+                return queue.outcome(self.id, state, kind, blob, reason)
+            wait = queue.next_wait(self.id, state, deadline, timeout)
+            with queue.translate_errors():
+                if queue.redis.blpop([done_key], timeout=wait):
+                    queue.redis.rpush(done_key, "1")  # wake the other waiters too
+                    queue.redis.expire(done_key, WAKE_TTL)
 
 
 def _redis_error(message: str) -> Exception:
@@ -741,10 +542,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _due_in(seconds: object) -> float:
     """The Unix time ``seconds`` from now."""
     return time.time() + check_duration("seconds", seconds)
@@ -764,10 +561,3 @@ def _due_at(when: object) -> float:
     if not math.isfinite(when):
         raise ValueError(f"when must be a finite Unix time, got {when!r}")
     return float(when)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
