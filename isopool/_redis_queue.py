@@ -70,7 +70,6 @@ __all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue", "Sch
 log = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A job in the dead-letter stream: why it is there, and when (Unix seconds)."""

@@ -57,7 +57,7 @@ def test_transient_job_killing_its_process_is_dead_lettered_after_crash_budget(
 def test_job_killing_its_whole_worker_is_dead_lettered_after_crash_budget(
     redis_server, queues, processes, tmp_path
 ):
-    """A job SIGKILLing its whole worker is dead-lettered once lost leases spend the crash budget."""
+    """A job SIGKILLing its whole worker is dead-lettered once lost leases spend the budget."""
     queue = queues(lease=1.0)
     marker = tmp_path / "runs"
     job = queue.options(restart="transient", max_retries=10).enqueue(
