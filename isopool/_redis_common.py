@@ -23,6 +23,7 @@ from ._errors import QueueUnavailableError, RestartLimitError, SignatureError, T
 from ._signing import Keyring
 from ._spec import (
     DEFAULT_PRIORITY,
+    MAX_PRIORITY,
     check_duration,
     check_positive_int,
     check_priority,
@@ -258,6 +259,37 @@ class QueueBase:
                 "--secret-file, secret=) or another key id; to reuse a retired key id with "
                 f"a new secret, delete its field: HDEL {self.keycheck_key} KEY_ID"
             )
+
+    def queue_init(self, pipe: Any) -> None:  # noqa: ANN401 - a sync or async pipeline
+        """Queue on ``pipe`` the commands that set the queue up (see ``finish_init``).
+
+        The epoch (written once), this keyring's key checks (each key id's first
+        user writes its own), and the consumer group of every band. redis-py's
+        blocking and asyncio pipelines buffer commands alike; only ``execute``
+        differs, so both clients share this and run it with ``raise_on_error=False``.
+        """
+        pipe.set(f"{self.prefix}:epoch", uuid.uuid4().hex, nx=True)
+        pipe.get(f"{self.prefix}:epoch")
+        proofs = self.keys.proofs(self.name)
+        for kid, proof in proofs.items():
+            pipe.hsetnx(self.keycheck_key, kid, proof)
+        pipe.hmget(self.keycheck_key, list(proofs))
+        for band in range(MAX_PRIORITY + 1):
+            pipe.xgroup_create(self.stream(band), GROUP, id="0", mkstream=True)
+
+    def finish_init(self, replies: list[Any]) -> None:
+        """Check the replies of ``queue_init``'s commands; set ``epoch``.
+
+        Raises:
+            SignatureError: a key check was made with another secret (``check_proofs``).
+            redis.RedisError: a command failed (other than "the group exists").
+        """
+        kids = list(self.keys.proofs(self.name))
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+        self.check_proofs(dict(zip(kids, replies[2 + len(kids)], strict=True)))
+        self.epoch = text(replies[1])
 
     # -- reading a result -------------------------------------------------------------
 

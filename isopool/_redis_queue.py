@@ -49,7 +49,6 @@ import datetime
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -347,23 +346,12 @@ class RedisQueue(QueueBase):
         )
 
     def _init_state(self) -> str:
-        """Create the epoch, groups and key checks once; check ours; warn if volatile."""
-        r = self.redis
-        r.set(f"{self.prefix}:epoch", uuid.uuid4().hex, nx=True)
-        epoch = r.get(f"{self.prefix}:epoch")
-        pipe = r.pipeline(transaction=False)
-        proofs = self.keys.proofs(self.name)
-        for kid, proof in proofs.items():
-            pipe.hsetnx(self.keycheck_key, kid, proof)  # the first user of a key id
-        pipe.hmget(self.keycheck_key, list(proofs))
-        self.check_proofs(dict(zip(proofs, pipe.execute()[-1], strict=True)))
-        for band in range(MAX_PRIORITY + 1):
-            pipe.xgroup_create(self.stream(band), GROUP, id="0", mkstream=True)
-        for result in pipe.execute(raise_on_error=False):
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-                raise result
-        _warn_if_volatile(r, self.name)
-        return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        """Set the queue up once and check our secrets; warn when Redis may forget."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue_init(pipe)
+        self.finish_init(pipe.execute(raise_on_error=False))
+        _warn_if_volatile(self.redis, self.name)
+        return self.epoch
 
 
 class QueueOptions:
