@@ -199,14 +199,14 @@ class AsyncRedisQueue(QueueBase):
                 keys=[f"{self.prefix}:epoch", *keys], args=[self.epoch, *args]
             )
 
-    async def call(self, command: str, *args: object) -> Any:  # noqa: ANN401 - a reply
+    async def _call(self, command: str, *args: object) -> Any:  # noqa: ANN401 - a reply
         """Send one plain command (``"HGET"``...) once the queue is set up; map errors."""
         await self.connect()
         with self.translate_errors():
             return await getattr(self.redis, command)(*args)
 
     async def _get_text(self, key: str) -> str:
-        return text(await self.call("get", key) or b"")
+        return text(await self._call("get", key) or b"")
 
 
 class AsyncQueueOptions:
@@ -273,12 +273,12 @@ class AsyncJob:
 
     async def status(self) -> str:
         """The job's state, as ``Job.status``: scheduled, queued, running, delayed, done..."""
-        status = await self.queue.call("hget", self.key, "status")
+        status = await self.queue._call("hget", self.key, "status")
         return text(status) if status else "missing"
 
     async def info(self) -> dict[str, str]:
         """The job's bookkeeping: status, attempts, deliveries, retries, reason, owner..."""
-        raw = await self.queue.call("hgetall", self.key)
+        raw = await self.queue._call("hgetall", self.key)
         skip = {b"payload", b"result"}
         return {k.decode(): v.decode() for k, v in raw.items() if k not in skip}
 
@@ -294,7 +294,7 @@ class AsyncJob:
         """
         queue = self.queue
         state = text(await queue.run("cancel", queue.cancel_keys(self.id), self.id, _now_ms()))
-        if state == "cancelled" and (key := await queue.call("hget", self.key, "key")):
+        if state == "cancelled" and (key := await queue._call("hget", self.key, "key")):
             keys = queue.unique_release_keys(text(key), self.id)
             await queue.run("unique_release", keys, self.id, _now_ms())
         return state in ("cancelled", "cancelling")
@@ -315,7 +315,7 @@ class AsyncJob:
         deadline = None if timeout is None else time.monotonic() + timeout
         queue, done_key = self.queue, self.queue.done_key(self.id)
         while True:
-            status, kind, blob, reason = await queue.call(
+            status, kind, blob, reason = await queue._call(
                 "hmget", self.key, "status", "kind", "result", "reason"
             )
             state = status.decode() if status else "missing"
@@ -325,9 +325,9 @@ class AsyncJob:
             if state in FINAL:
                 return queue.outcome(self.id, state, kind, blob, reason)
             wait = queue.next_wait(self.id, state, deadline, timeout)
-            if await queue.call("blpop", [done_key], wait):
-                await queue.call("rpush", done_key, "1")  # wake the other waiters too
-                await queue.call("expire", done_key, WAKE_TTL)
+            if await queue._call("blpop", [done_key], wait):
+                await queue._call("rpush", done_key, "1")  # wake the other waiters too
+                await queue._call("expire", done_key, WAKE_TTL)
 
 
 def _connect(url: str) -> redis.asyncio.Redis:

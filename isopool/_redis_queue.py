@@ -425,14 +425,19 @@ class Job:
         """The job's state: scheduled, queued, running, delayed, done, failed, dead...
 
         One of scheduled (waiting for its time), queued, running, delayed (waiting
-        out a retry back-off), done, failed, dead, cancelled, or missing.
+        out a retry back-off, or handed back a moment by a worker that lacks its
+        signing key), done, failed, dead, cancelled, or missing.
         """
         with self.queue.translate_errors():
             status = self.queue.redis.hget(self.key, "status")
         return status.decode() if status else "missing"
 
     def info(self) -> dict[str, str]:
-        """The job's bookkeeping: status, attempts, deliveries, reason, owner..."""
+        """The job's bookkeeping: status, deliveries, retries, attempts, reason, owner...
+
+        ``deliveries`` minus ``retries`` is the deliveries lost to crashes (see
+        ``JobOptions``); ``retries`` is absent until the first retry.
+        """
         with self.queue.translate_errors():
             raw = self.queue.redis.hgetall(self.key)
         skip = {b"payload", b"result"}
