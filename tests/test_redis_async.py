@@ -77,21 +77,23 @@ def test_async_job_raising_reraises_own_type_with_remote_traceback(redis_server,
 def test_async_enqueue_in_at_and_unique_key_follow_blocking_semantics(redis_server, processes):
     """enqueue_in is scheduled then runs; enqueue_at a past time runs; a key dedupes."""
     name = unique()
+    processes.worker(redis_server.url, name)
 
     async def main():
         async with make(redis_server, name) as queue:
+            assert await (await queue.enqueue(ECHO, "warm")).result(timeout=30) == "warm"
             later = await queue.enqueue_in(0.5, ECHO, "later")
             assert await later.status() == "scheduled"
             past = await queue.options(priority=2).enqueue_at(time.time() - 5, ECHO, "past")
-            keyed = queue.options(key=f"report-{name}")
+            keyed = queue.options(key=f"report-{name}", unique_for=60)
             first = await keyed.enqueue(ECHO, "once")
             assert (await keyed.enqueue(ECHO, "twice")).id == first.id
-            processes.worker(redis_server.url, name)
             assert [await j.result(timeout=30) for j in (later, past, first)] == [
                 "later",
                 "past",
                 "once",
             ]
+            assert (await keyed.enqueue(ECHO, "after")).id == first.id  # unique_for holds
 
     run(main())
 
