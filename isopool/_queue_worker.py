@@ -103,7 +103,9 @@ class QueueWorker:
         )
         self.drain = drain
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._runs: dict[str, _Run] = {}
+        # Keyed by (band, entry): entry ids are per stream, and two bands' streams give
+        # the same id to entries added in the same millisecond.
+        self._runs: dict[tuple[int, str], _Run] = {}
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lease_ms = int(queue.lease * 1000)
@@ -213,7 +215,7 @@ class QueueWorker:
                 entry = item["message_id"].decode()
                 # Our own entries count too: one delivered to us whose reply was lost
                 # (a dropped connection) is not in _runs and would never run.
-                if entry not in self._runs:
+                if (band, entry) not in self._runs:
                     self._start(band, entry, claim_ms=self._lease_ms)
 
     def _start(self, band: int, entry: str, claim_ms: int) -> None:
@@ -251,7 +253,7 @@ class QueueWorker:
         monitor = self.pool._monitor
         task = monitor.new_raw_task(body, name, local)
         task.add_done_callback(lambda _task: self._wake.set())
-        self._runs[entry] = _Run(job_id, band, entry, task, opts, retries)
+        self._runs[band, entry] = _Run(job_id, band, entry, task, opts, retries)
         monitor.submit(task)
 
     def _is_foreign(self, payload: bytes) -> bool:
@@ -342,16 +344,16 @@ class QueueWorker:
     # -- results -----------------------------------------------------------------------------
 
     def _finish_done(self) -> None:
-        for entry, run in list(self._runs.items()):
+        for key, run in list(self._runs.items()):
             if run.commit is None and not run.task.done():
                 continue
             if run.lost:
-                del self._runs[entry]
+                del self._runs[key]
                 continue
             if run.commit is None:
                 run.commit = self._decide(run)
             if self._commit(*run.commit):
-                del self._runs[entry]
+                del self._runs[key]
                 self._release_unique(run)
 
     def _release_unique(self, run: _Run) -> None:
@@ -446,11 +448,11 @@ class QueueWorker:
                     raise
             if self._runs:
                 self._wait_for_work()
-        for entry, run in list(self._runs.items()):
+        for key, run in list(self._runs.items()):
             run.task._owner.kill(run.task, True, "brutal_kill")
             if not run.lost and run.commit is None:
-                self._commit(run.band, entry, run.job_id, "release", "", b"", 60.0, 0, "")
-            del self._runs[entry]
+                self._commit(run.band, run.entry, run.job_id, "release", "", b"", 60.0, 0, "")
+            del self._runs[key]
 
 
 def _entries(reply: Any) -> list[tuple[int, str]]:  # noqa: ANN401 - a Redis reply

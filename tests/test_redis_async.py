@@ -22,6 +22,14 @@ from tests._redis import SECRET, unique
 ECHO = "tests._tasks:echo"
 
 
+@pytest.fixture
+def served(redis_server, processes) -> str:
+    """A fresh queue name with one ``isopool worker`` serving it."""
+    name = unique()
+    processes.worker(redis_server.url, name)
+    return name
+
+
 def run(coro):
     """Run ``coro`` on a fresh loop, failing (not hanging) past 60 s."""
     return asyncio.run(asyncio.wait_for(coro, 60))
@@ -40,10 +48,9 @@ async def wait_status(job: isopool.AsyncJob, wanted: str, timeout: float = 30.0)
 
 
 @pytest.mark.redis
-def test_async_enqueue_by_name_and_callable_await_results(redis_server, processes):
+def test_async_enqueue_by_name_and_callable_await_results(redis_server, served):
     """Jobs enqueued from asyncio run on a worker; `await job` and result() give values."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:
@@ -58,10 +65,9 @@ def test_async_enqueue_by_name_and_callable_await_results(redis_server, processe
 
 
 @pytest.mark.redis
-def test_async_job_raising_reraises_own_type_with_remote_traceback(redis_server, processes):
+def test_async_job_raising_reraises_own_type_with_remote_traceback(redis_server, served):
     """An awaited job's exception comes back as itself, the worker's traceback as cause."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:
@@ -74,10 +80,9 @@ def test_async_job_raising_reraises_own_type_with_remote_traceback(redis_server,
 
 
 @pytest.mark.redis
-def test_async_enqueue_in_at_and_unique_key_follow_blocking_semantics(redis_server, processes):
+def test_async_enqueue_in_at_and_unique_key_follow_blocking_semantics(redis_server, served):
     """enqueue_in is scheduled then runs; enqueue_at a past time runs; a key dedupes."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:
@@ -99,10 +104,9 @@ def test_async_enqueue_in_at_and_unique_key_follow_blocking_semantics(redis_serv
 
 
 @pytest.mark.redis
-def test_async_result_wait_never_blocks_the_event_loop(redis_server, processes):
+def test_async_result_wait_never_blocks_the_event_loop(redis_server, served):
     """A 10 ms heartbeat keeps ticking (no gap over 0.5 s) while a 1 s job is awaited."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:
@@ -126,10 +130,9 @@ def test_async_result_wait_never_blocks_the_event_loop(redis_server, processes):
 
 
 @pytest.mark.redis
-def test_async_awaiting_task_cancelled_job_still_finishes(redis_server, processes, tmp_path):
+def test_async_awaiting_task_cancelled_job_still_finishes(redis_server, served):
     """Cancelling the coroutine that awaits a job leaves the job to run to its result."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:
@@ -162,10 +165,9 @@ def test_async_cancel_queued_job_raises_cancelled_error_on_await(redis_server):
 
 
 @pytest.mark.redis
-def test_async_cancel_running_job_stops_it(redis_server, processes):
+def test_async_cancel_running_job_stops_it(redis_server, served):
     """`await job.cancel()` on a running job stops its process; its status is cancelled."""
-    name = unique()
-    processes.worker(redis_server.url, name)
+    name = served
 
     async def main():
         async with make(redis_server, name) as queue:

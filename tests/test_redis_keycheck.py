@@ -47,18 +47,16 @@ def test_worker_with_wrong_secret_exits_code_2_leaving_jobs_for_right_worker(
 ):
     """A worker with a wrong secret exits 2 naming queue and key id; its jobs run later."""
     queue = queues()
-    # One job: a worker started with several jobs already queued can leave the first
-    # one stuck "running" under load, at this branch's base too (see the report).
-    job = queue.enqueue(ECHO, "kept")
+    jobs = [queue.options(priority=i).enqueue(ECHO, i) for i in range(3)]
     wrong = processes.worker(redis_server.url, queue.name, secret=WRONG)
     assert wrong.popen.wait(60) == 2
     assert queue.name in wrong.log()
     assert "key id 'default'" in wrong.log()
-    assert job.status() == "queued"
-    assert queue.pending() == 1
+    assert [job.status() for job in jobs] == ["queued"] * 3
+    assert queue.pending() == 3
     assert queue.dead_letters() == []
     processes.worker(redis_server.url, queue.name)
-    assert job.result(timeout=30) == "kept"
+    assert [job.result(timeout=30) for job in jobs] == [0, 1, 2]
 
 
 @pytest.mark.redis
