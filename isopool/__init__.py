@@ -25,6 +25,7 @@ A guide, in the order of Elixir's ``Task`` docs:
 # (Usage) · _stream (async_stream) · _supervisor
 # (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
 # _redis_lua (its scripts) · _redis_connect (Redis or Redis Cluster clients) ·
+# _redis_async (AsyncRedisQueue, AsyncJob) · _redis_common (what both clients say) ·
 # _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
 # supervisors) · _cli (the command line) · _inspect (read-only snapshot of queues and
 # nodes) · _status (isopool status, dashboard) · _dashboard (the web app, _static/).
@@ -64,6 +65,8 @@ from ._usage import Usage as Usage
 from ._version import __version__ as __version__
 
 if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
+    from ._redis_async import AsyncJob as AsyncJob
+    from ._redis_async import AsyncRedisQueue as AsyncRedisQueue
     from ._redis_queue import DeadLetter as DeadLetter
     from ._redis_queue import Job as Job
     from ._redis_queue import JobOptions as JobOptions
@@ -80,6 +83,8 @@ if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr_
 # every worker's fork server imports this package, and worker start-up is a
 # benchmark figure (the core never imports the distributed layer; STYLE.md §1).
 _LAZY = {
+    "AsyncJob": "_redis_async",
+    "AsyncRedisQueue": "_redis_async",
     "Cluster": "_remote",
     "DeadLetter": "_redis_queue",
     "Job": "_redis_queue",
@@ -108,6 +113,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AsyncJob",
+    "AsyncRedisQueue",
     "BrokenPoolError",
     "Cluster",
     "DeadLetter",

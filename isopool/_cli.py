@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
         help="declare a periodic job, e.g. '*/5 * * * *=myapp.tasks:cleanup' (a "
         "'CRON_TZ=Europe/Paris ' prefix sets its zone); repeat for several",
     )
+    worker.add_argument(
+        "--key-id", default=None, help="the key id of this worker's secret (default: 'default')"
+    )
     _add_common(worker)
     node = commands.add_parser("node", help="serve named supervisors to other machines")
     node.add_argument("--name", required=True, help="this node's name, unique among live nodes")
@@ -273,7 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from ._errors import QueueUnavailableError
+    from ._errors import QueueUnavailableError, SignatureError
     from ._queue_worker import QueueWorker
     from ._redis_queue import RedisQueue
 
@@ -286,11 +289,17 @@ def _serve(args: argparse.Namespace) -> int:
                 "so give it one cron expression (or use queue.schedule(..., name=...))"
             )
         registry = _start_metrics(args)
-        queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file, lease=args.lease)
+        queue = RedisQueue(
+            args.redis,
+            args.queue,
+            secret_file=args.secret_file,
+            key_id=args.key_id,
+            lease=args.lease,
+        )
         for cron, function in crons:
             queue.schedule(cron, function)
         worker = QueueWorker(queue, workers=args.workers, drain=args.drain)
-    except (ValueError, ImportError, OSError, QueueUnavailableError) as exc:
+    except (ValueError, ImportError, OSError, QueueUnavailableError, SignatureError) as exc:
         print(f"isopool worker: {exc}", file=sys.stderr)
         return 2
     _export_metrics(registry, [worker])

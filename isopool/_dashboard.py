@@ -127,9 +127,10 @@ class _Actions:
 
             if not self.client.exists(f"{_inspect.prefix_of(name)}:epoch"):
                 raise LookupError(f"no queue named {name!r} in this Redis")
-            # requeue and cancel sign nothing: the dashboard needs, and has, no secret.
+            # requeue and cancel sign nothing: the dashboard needs, and has, no secret;
+            # its throwaway key is neither checked nor recorded in the queue's key check.
             self._queues[name] = RedisQueue(
-                self.url, name, secret=secrets.token_bytes(32), client=self.client
+                self.url, name, secret=secrets.token_bytes(32), client=self.client, keycheck=False
             )
         return self._queues[name]
 

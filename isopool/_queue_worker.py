@@ -19,8 +19,11 @@ The worker never unpickles a job or a result: the signed call bytes go to a work
 process as they are, and the pickled outcome comes back as bytes to be signed and
 stored. A crash of the job's process counts as a lost delivery: the job goes back to
 the queue until ``max_deliveries``, then to the dead-letter stream. An exception or a
-time-out follows the job's restart policy. On SIGTERM or Ctrl-C the worker stops
-fetching, lets running jobs finish for ``drain`` seconds, and hands the rest back.
+time-out follows the job's restart policy, with its own count (``retries``). A job
+signed with a key id the queue knows but this worker lacks is handed back (queued
+again a second later, for any worker); a bad signature is dead-lettered. On SIGTERM
+or Ctrl-C the worker stops fetching, lets running jobs finish for ``drain`` seconds,
+and hands the rest back.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ._policy import backoff_delay
 from ._pool import Pool
 from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
 from ._schedules import fire_due
+from ._signing import Keyring
 from ._spec import MAX_PRIORITY, TaskOptions
 from ._task import Task
 
@@ -55,6 +59,11 @@ _SCHEDULES_EVERY: Final = 1.0  # seconds between looks for due cron schedules
 _IDLE_BLOCK_MS: Final = 500  # how long an idle worker blocks in XREADGROUP
 _BUSY_WAIT: Final = 0.02  # how long a busy worker waits for a job to finish
 _BACKOFF_CAP: Final = 2.0  # the longest pause between attempts to reach Redis
+# A job signed with a key this worker lacks waits this long before it is queued again
+# (for any worker): long enough that a worker alone without the key does not spin on
+# it, short enough that one with the key gets it soon.
+_FOREIGN_DELAY_MS: Final = 1000
+_FOREIGN_LOG_CAP: Final = 1000  # jobs per foreign key id logged once (then silent)
 
 # One round trip instead of one XREADGROUP per band: reads the bands most urgent first
 # and stops once ``room`` entries are taken, as the loop it replaces did. KEYS are the
@@ -86,7 +95,7 @@ class _Run:
     entry: str
     task: Task[Any]
     options: JobOptions
-    attempts: int
+    retries: int  # retries already spent after the job raised (not crashes)
     lost: bool = False  # our lease was taken: never commit
     cancelled: bool = False  # the job was cancelled while running
     commit: tuple[Any, ...] | None = None  # a FINISH that Redis did not take yet
@@ -125,7 +134,9 @@ class QueueWorker:
         )
         self.drain = drain
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._runs: dict[str, _Run] = {}
+        # Keyed by (band, entry): entry ids are per stream, and two bands' streams give
+        # the same id to entries added in the same millisecond.
+        self._runs: dict[tuple[int, str], _Run] = {}
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lease_ms = int(queue.lease * 1000)
@@ -134,6 +145,8 @@ class QueueWorker:
         )
         self.metrics = JobMetrics(queue.name, held=lambda: len(self._runs))  # see _metrics
         self._fetch_script = queue.redis.register_script(_FETCH_LUA)
+        # Key ids of the queue we lack -> the ids of their jobs already logged.
+        self._foreign: dict[str, set[str]] = {}
 
     def stop(self) -> None:
         """Ask the loop to stop taking jobs and exit (safe from a signal handler)."""
@@ -239,7 +252,7 @@ class QueueWorker:
                 entry = item["message_id"].decode()
                 # Our own entries count too: one delivered to us whose reply was lost
                 # (a dropped connection) is not in _runs and would never run.
-                if entry not in self._runs:
+                if (band, entry) not in self._runs:
                     self._claim(band, entry)
 
     def _claim(self, band: int, entry: str) -> None:
@@ -272,16 +285,19 @@ class QueueWorker:
             )
         if verdict != "run":
             return
-        job_id, payload, options, name, attempts = (
+        job_id, payload, options, name, retries = (
             _text(reply[1]),
             reply[2],
             reply[3],
             _text(reply[4]),
-            int(reply[5]),
+            int(reply[6]),
         )
         self.metrics.started(entry, _now_ms(), claimed=claim_ms >= 0)
         if claim_ms >= 0:
             log.warning("queue %r: claimed job %s from a silent worker", self.queue.name, job_id)
+        if self._is_foreign(payload):
+            self._hand_back_foreign(band, entry, job_id, payload)
+            return
         try:
             body = self.queue.keys.verify(payload, self.queue.context(job_id, "call"))
         except (SignatureError, ValueError) as exc:
@@ -298,8 +314,38 @@ class QueueWorker:
         monitor = self.pool._monitor
         task = Task._new_raw(monitor, monitor.next_task_id(), body, name, local)
         task.add_done_callback(lambda _task: self._wake.set())
-        self._runs[entry] = _Run(job_id, band, entry, task, opts, attempts)
+        self._runs[band, entry] = _Run(job_id, band, entry, task, opts, retries)
         monitor.submit(task)
+
+    def _is_foreign(self, payload: bytes) -> bool:
+        """Signed with a key id the queue knows (it has a key check) but we lack?
+
+        Such a job is another worker's (during a key rotation, say), not a forgery. A
+        key id the queue never saw is no one's: that job is refused as forged.
+        """
+        kid = Keyring.key_id_of(payload)
+        if kid is None or self.queue.keys.holds(kid):
+            return False
+        if kid not in self._foreign:
+            with self.queue.translate_errors():
+                if not self.queue.redis.hexists(self.queue.keycheck_key, kid):
+                    return False
+            self._foreign[kid] = set()
+        return True
+
+    def _hand_back_foreign(self, band: int, entry: str, job_id: str, payload: bytes) -> None:
+        """Give the job back, out of the stream for a while, for a worker with its key."""
+        seen = self._foreign[Keyring.key_id_of(payload) or ""]
+        if job_id not in seen and len(seen) < _FOREIGN_LOG_CAP:
+            seen.add(job_id)
+            log.warning(
+                "queue %r: job %s is signed with key id %r, which this worker lacks; "
+                "handed back for a worker that holds it",
+                self.queue.name,
+                job_id,
+                Keyring.key_id_of(payload),
+            )
+        self._commit(band, entry, job_id, "release", "", b"", 60.0, _FOREIGN_DELAY_MS, "")
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -355,17 +401,17 @@ class QueueWorker:
     # -- results -----------------------------------------------------------------------------
 
     def _finish_done(self) -> None:
-        for entry, run in list(self._runs.items()):
+        for key, run in list(self._runs.items()):
             if run.commit is None and not run.task.done():
                 continue
             if run.lost:
-                del self._runs[entry]
+                del self._runs[key]
                 continue
             if run.commit is None:
                 run.commit = self._decide(run)
                 self.metrics.finished(run.task, time.monotonic() - run.started)
             if self._commit(*run.commit):
-                del self._runs[entry]
+                del self._runs[key]
                 self._release_unique(run)
 
     def _release_unique(self, run: _Run) -> None:
@@ -397,9 +443,9 @@ class QueueWorker:
         else:
             blob_kind, blob = "error", pickle.dumps(exc)
         if opts.restart == "transient":
-            if run.attempts <= opts.max_retries:
-                delay = int(backoff_delay(opts.backoff, run.attempts) * 1000)
-                return (*base, "retry", "", b"", ttl, delay, "")
+            if run.retries < opts.max_retries:
+                delay = int(backoff_delay(opts.backoff, run.retries + 1) * 1000)
+                return (*base, "retry", "", b"", ttl, delay, "raised")
             return (*base, "dead", blob_kind, self._sign(run, blob), ttl, 0, "retries-exhausted")
         return (*base, "failed", blob_kind, self._sign(run, blob), ttl, 0, "")
 
@@ -464,11 +510,11 @@ class QueueWorker:
                     raise
             if self._runs:
                 self._wait_for_work()
-        for entry, run in list(self._runs.items()):
+        for key, run in list(self._runs.items()):
             run.task._owner.kill(run.task, True, "brutal_kill")
             if not run.lost and run.commit is None:
-                self._commit(run.band, entry, run.job_id, "release", "", b"", 60.0, 0, "")
-            del self._runs[entry]
+                self._commit(run.band, run.entry, run.job_id, "release", "", b"", 60.0, 0, "")
+            del self._runs[key]
 
 
 def _entries(reply: Any) -> list[tuple[int, str, str]]:  # noqa: ANN401 - a Redis reply

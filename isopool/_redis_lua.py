@@ -112,6 +112,8 @@ return {'queued', id}
 # ARGV: epoch entry consumer max_deliveries now claim_min_idle_ms(-1: no claim) id
 # The caller read the job id from the entry (XREADGROUP gives it; a claim reads it with
 # XRANGE first): stream entries never change, and the script checks it is the same.
+# A run replies {'run', id, payload, options, name, attempts, retries}; only deliveries
+# not ended by a committed retry (deliveries - retries) spend max_deliveries.
 _LUA_START = (
     _LUA_WORKER
     + """
@@ -137,16 +139,20 @@ if redis.call('HGET', job, 'cancel') then
   notify(done)
   return {'gone', id}
 end
+-- A delivery that ended in a committed retry (the job raised) is not a crash: only
+-- the others (the worker died, the lease expired) spend the crash budget.
 local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-if deliveries > tonumber(ARGV[4]) then
+local retries = tonumber(redis.call('HGET', job, 'retries') or 0)
+if deliveries - retries > tonumber(ARGV[4]) then
   drop(stream, entry)
-  dead(job, KEYS[5], done, id, 'delivery-limit: delivered ' .. deliveries .. ' times', now)
+  local lost = deliveries - retries - 1
+  dead(job, KEYS[5], done, id, 'delivery-limit: ' .. lost .. ' deliveries lost to crashes', now)
   return {'dead', id}
 end
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job, 'status', 'running', 'owner', consumer, 'started', now)
 local v = redis.call('HMGET', job, 'payload', 'options', 'name')
-return {'run', id, v[1], v[2], v[3], tostring(attempts)}
+return {'run', id, v[1], v[2], v[3], tostring(attempts), tostring(retries)}
 """
 )
 
@@ -173,6 +179,8 @@ local entry, consumer, id, status = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not owns(stream, entry, consumer) then return 0 end
 drop(stream, entry)
 if status == 'retry' then
+  -- reason 'raised': the job's own failure, retried; 'crashed': a lost delivery.
+  if ARGV[11] == 'raised' then redis.call('HINCRBY', job, 'retries', 1) end
   redis.call('HSET', job, 'status', 'delayed', 'owner', '')
   redis.call('ZADD', KEYS[4], tonumber(ARGV[10]) + tonumber(ARGV[9]), id)
   return 1
@@ -180,6 +188,13 @@ end
 if status == 'release' then
   redis.call('HINCRBY', job, 'deliveries', -1)
   redis.call('HINCRBY', job, 'attempts', -1)
+  if tonumber(ARGV[9]) > 0 then
+    -- handed back after retry_ms (signed with a key this worker lacks): not at the
+    -- tail of the stream at once, where the same worker would fetch it in a hot loop
+    redis.call('HSET', job, 'status', 'delayed', 'owner', '')
+    redis.call('ZADD', KEYS[4], tonumber(ARGV[10]) + tonumber(ARGV[9]), id)
+    return 1
+  end
   local new = redis.call('XADD', stream, '*', 'id', id)
   redis.call('HSET', job, 'status', 'queued', 'owner', '', 'entry', new)
   return 1
@@ -262,7 +277,8 @@ if status ~= 'dead' and status ~= 'failed' and status ~= 'cancelled' then return
 local band = tonumber(redis.call('HGET', job, 'band'))
 local entry = redis.call('XADD', KEYS[3 + band], '*', 'id', ARGV[2])
 redis.call('HDEL', job, 'result', 'kind', 'reason', 'cancel', 'owner')
-redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0)
+redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'deliveries', 0, 'attempts', 0,
+  'retries', 0)
 redis.call('PERSIST', job)
 return 1
 """

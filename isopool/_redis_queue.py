@@ -15,6 +15,9 @@ slot::
     isopool:{NAME}:unique:KEY   the id of the job that holds uniqueness key KEY
     isopool:{NAME}:dead         the dead-letter stream: job id and reason
     isopool:{NAME}:done:ID      a wake-up list for ``Job.result`` waiters
+    isopool:{NAME}:keycheck     key id -> a check value of its secret, written by
+                                the first client or worker with that key id: a
+                                later one whose secret differs refuses to start
 
 Delivery is at least once, with exactly one committed result. A worker's lease on a
 job is its entry in the group's pending list: the worker renews it (resets its idle
@@ -44,7 +47,9 @@ time left (``bounded``), and lost connections are retried until then (``retrying
 so a stalled or failing-over Redis holds no caller past its deadline.
 
 Payloads are signed (``_signing``) over their bytes, the queue name, the job id and
-their kind, and verified before anything is unpickled. Redis is imported lazily:
+their kind, and verified before anything is unpickled. A wrong secret is caught at
+start by the key check (``SignatureError`` naming the queue and key id), so it can
+never make a worker dead-letter the queue's valid jobs as forged. Redis is imported lazily:
 the core of isopool works without it.
 """
 
@@ -54,24 +59,19 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import json
 import logging
 import math
-import pickle
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _wire
 from ._errors import (
-    JobNotFoundError,
     QueueUnavailableError,
-    RestartLimitError,
-    SignatureError,
-    TaskCrashError,
 )
+from ._redis_common import FINAL as FINAL
+from ._redis_common import GROUP as GROUP
+from ._redis_common import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from ._redis_common import POLL_CAP, UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, text
 from ._redis_connect import (
     SOCKET_TIMEOUT,
     _is_cluster_client,
@@ -79,7 +79,6 @@ from ._redis_connect import (
     _redact,
     _refused,
     _state_lost,
-    _unreachable_errors,
     _warn_if_volatile,
     is_cluster_url,
 )
@@ -87,18 +86,7 @@ from ._redis_connect import connect as _connect
 from ._redis_lua import SCRIPTS as _SCRIPTS
 from ._schedules import Schedule
 from ._signing import Keyring
-from ._spec import (
-    DEFAULT_PRIORITY,
-    MAX_PRIORITY,
-    check_duration,
-    check_positive_int,
-    check_priority,
-    check_restart,
-    check_seconds,
-    describe_function,
-    parse_memory_limit,
-    resolve_function,
-)
+from ._spec import MAX_PRIORITY, check_duration, check_positive_int, check_seconds
 
 if TYPE_CHECKING:
     import redis
@@ -107,14 +95,6 @@ __all__ = ["DeadLetter", "Job", "JobOptions", "QueueOptions", "RedisQueue", "Sch
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "workers"
-FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
-_WAKE_TTL: Final = 300  # seconds a result wake-up token lives
-_POLL_CAP: Final = 1.0  # Job.result re-reads the status at least this often (s)
-_UNIQUE_ROUNDS: Final = 20  # enqueue re-reads a unique key that changed under it
-# Redis refuses a string value over 512 MB (proto-max-bulk-len); a payload over it is
-# refused before it is sent, naming its size. Tests lower it.
-MAX_PAYLOAD_BYTES: Final = 512 * 1024 * 1024
 # Socket time-outs of the extra clients that bound a call by its caller's deadline: a
 # call with R seconds left uses the longest one under R, so a stalled Redis cannot hold
 # it much past its deadline (one client, one connection pool per value, made lazily).
@@ -127,90 +107,6 @@ _WAIT_MS: Final = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JobOptions:
-    """The validated per-job settings, stored with the job as JSON.
-
-    Attributes:
-        priority: 0 (most urgent) to 9; band 0 drains before band 1.
-        timeout: Seconds one run may take; None for no limit.
-        restart: "temporary" (a failure is final) or "transient" (a failure is
-            retried, with back-off, up to ``max_retries``; then dead-lettered).
-        max_retries: Retries of a transient job (default 3).
-        backoff: Seconds before the first retry, doubling each time (max 60 s).
-        result_ttl: Seconds a finished job and its result are kept (default 1 day).
-        memory_limit: Bytes a run may allocate, or None.
-        key: A uniqueness key: while a job with this key is scheduled, queued,
-            running or waiting to retry (and for ``unique_for`` seconds after it
-            ended), enqueueing the same key returns that job instead of a new one.
-        unique_for: Seconds the key stays taken after its job ended (default 0).
-            The finished job is kept at least that long (``result_ttl`` is raised
-            to it), since its record is what holds the key.
-    """
-
-    priority: int = DEFAULT_PRIORITY
-    timeout: float | None = None
-    restart: str = "temporary"
-    max_retries: int = 3
-    backoff: float = 1.0
-    result_ttl: float = 86400.0
-    memory_limit: int | None = None
-    key: str | None = None
-    unique_for: float = 0.0
-
-    @classmethod
-    def build(cls, **options: object) -> JobOptions:
-        """Validate ``options`` over the defaults; raise naming the bad one."""
-        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-        merged = {**dataclasses.asdict(cls()), **options}
-        restart = check_restart(merged["restart"])
-        if restart == "permanent":
-            raise ValueError("restart='permanent' makes no sense for a queued job; use transient")
-        ttl = check_duration("result_ttl", merged["result_ttl"])
-        if ttl < 1:
-            raise ValueError(f"result_ttl must be at least 1 second, got {ttl!r}")
-        key = merged["key"]
-        if key is not None and (not isinstance(key, str) or not key):
-            raise ValueError(f"key must be a non-empty string or None, got {key!r}")
-        unique_for = check_duration("unique_for", merged["unique_for"])
-        if unique_for and key is None:
-            raise ValueError("unique_for needs a key= to be unique on")
-        return cls(
-            priority=check_priority(merged["priority"]),
-            timeout=check_seconds("timeout", merged["timeout"]),
-            restart=restart,
-            max_retries=check_positive_int("max_retries", merged["max_retries"], allow_zero=True),
-            backoff=check_duration("backoff", merged["backoff"]),
-            memory_limit=parse_memory_limit(merged["memory_limit"]),
-            key=key,
-            unique_for=unique_for,
-            result_ttl=max(ttl, unique_for),
-        )
-
-    def merge(self, changes: Mapping[str, object]) -> JobOptions:
-        """A copy with ``changes`` validated and applied."""
-        return JobOptions.build(**{**dataclasses.asdict(self), **changes})
-
-    def to_json(self) -> str:
-        """The JSON stored in the job hash."""
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> JobOptions:
-        """Read options back, validated; unknown fields (a newer isopool) are ignored.
-
-        Raises:
-            ValueError, TypeError: a bad option, named (they are stored unsigned).
-        """
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError(f"job options must be a JSON object, got {text!r:.80}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls.build(**{k: v for k, v in raw.items() if k in known})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A job in the dead-letter stream: why it is there, and when (Unix seconds)."""
 
@@ -219,7 +115,7 @@ class DeadLetter:
     at: float
 
 
-class RedisQueue:
+class RedisQueue(QueueBase):
     """A priority job queue shared through Redis by any number of isopool workers.
 
     Enqueue from anywhere; run ``isopool worker --redis URL --queue NAME`` on as many
@@ -236,8 +132,10 @@ class RedisQueue:
         secret_file: A file holding the secret.
         lease: Seconds a worker may go silent before its job is handed to another
             (default 30; workers renew every third of it).
-        max_deliveries: Deliveries (crashes, lost leases) before a job goes to the
-            dead-letter stream (default 3).
+        max_deliveries: The crash budget: deliveries lost to crashes (the job's
+            process died, its worker died or lost the lease) a job may have before
+            it goes to the dead-letter stream as ``delivery-limit`` (default 3).
+            Retries after the job raised are counted apart (``JobOptions``).
         client: An existing ``redis.Redis`` (or ``RedisCluster``) to use instead of
             connecting to ``url``.
         cluster: Talk to a Redis Cluster (redis-py's ``RedisCluster``); implied by a
@@ -252,10 +150,15 @@ class RedisQueue:
             (Redis ``WAIT``, up to 100 ms; a shortfall is logged, not raised), so
             that a failover right after it cannot lose the job. Default: 1 on a
             cluster, 0 otherwise. Pass 0 for a cluster without replicas.
+        keycheck: Record and check this secret's key check with the queue at start
+            (default True; see ``SignatureError`` below). False is for a client that
+            signs and verifies nothing, such as the dashboard with its throwaway key.
 
     Raises:
         ValueError: no secret, a bad option, or a database number the server does
             not have.
+        SignatureError: the secret of a key id is not the one the queue's other
+            clients and workers use (its key check differs); nothing was taken.
         QueueUnavailableError: Redis cannot be reached, or it lost this queue's
             state (its epoch key vanished while this process was using it).
     """
@@ -274,12 +177,10 @@ class RedisQueue:
         cluster: bool = False,
         redis_timeout: float = SOCKET_TIMEOUT,
         replicas: int | None = None,
+        keycheck: bool = True,
     ) -> None:
-        if not isinstance(name, str) or not name or any(c in name for c in "{}"):
-            raise ValueError(f"name must be a non-empty string without braces, got {name!r}")
-        self.name = name
-        self.url = url
-        self.keys = Keyring.load(secret, key_id=key_id, secret_file=secret_file)
+        keys = Keyring.load(secret, key_id=key_id, secret_file=secret_file)
+        super().__init__(url, name, keys, keycheck=keycheck)
         self.lease = check_duration("lease", lease)
         if self.lease < 1.0:
             raise ValueError(f"lease must be at least 1 second, got {lease!r}")
@@ -287,9 +188,6 @@ class RedisQueue:
         self.redis_timeout = check_duration("redis_timeout", redis_timeout)
         if not isinstance(cluster, bool):
             raise TypeError(f"cluster must be True or False, got {cluster!r}")
-        self.prefix = f"isopool:{{{name}}}"
-        self._options = JobOptions()
-        self._names: dict[str, None] = {}
         # Typed Any: redis-py's reply types depend on decode_responses (we use bytes).
         self.cluster = cluster or is_cluster_url(url) or _is_cluster_client(client)
         if replicas is None:
@@ -420,53 +318,23 @@ class RedisQueue:
         options: JobOptions,
         due: float | None = None,
     ) -> Job:
-        if isinstance(fn, str):
-            if fn not in self._names:
-                resolve_function(fn)
-                self._names[fn] = None
-        elif not callable(fn):
-            raise TypeError(f"fn must be a callable or 'package.module:function', got {fn!r}")
-        job_id = uuid.uuid4().hex
-        body = _wire.dumps_call(fn, args, kwargs, options.memory_limit)
-        payload = self.keys.sign(body, self.context(job_id, "call"))
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(
-                f"the call of {describe_function(fn)} is {len(payload)} bytes pickled and "
-                f"signed, over Redis's limit of {MAX_PAYLOAD_BYTES} bytes for one value: "
-                "pass a path, a URL or a key to the data instead of the data"
-            )
-        keys = [self.job_key(job_id), self.stream(options.priority), f"{self.prefix}:scheduled"]
-        unique = None if options.key is None else f"{self.prefix}:unique:{options.key}"
-        args_tail = [int(options.unique_for * 1000), options.key or ""]
-        due_ms = 0 if due is None else int(due * 1000)
+        job = self.prepare(fn, args, kwargs, options, due)
+        unique = self.unique_key(job)
         deadline = time.monotonic() + self.redis_timeout
 
         # Safe to retry after a lost reply: the script does nothing if the job exists.
         def attempt(r: Any) -> Any:  # noqa: ANN401 - a Redis reply
-            held = "" if unique is None else _text(r.get(unique) or b"")
-            extra = [] if unique is None else [unique, self.job_key(held)] if held else [unique]
+            held = "" if unique is None else text(r.get(unique) or b"")
+            keys, argv = self.enqueue_call(job, held)
             run = self.run if not self.replicas else functools.partial(self.replicated, r)
-            return run(
-                "enqueue",
-                [*keys, *extra],
-                job_id,
-                payload,
-                describe_function(fn),
-                options.priority,
-                options.to_json(),
-                _now_ms(),
-                due_ms,
-                held,
-                *args_tail,
-                client=r,
-            )
+            return run("enqueue", keys, *argv, client=r)
 
-        for _attempt in range(_UNIQUE_ROUNDS):
+        for _attempt in range(UNIQUE_ROUNDS):
             verdict, got = self.retrying(attempt, deadline)
-            if _text(verdict) != "retry":
-                return Job(self, _text(got))
+            if text(verdict) != "retry":
+                return Job(self, text(got))
         raise QueueUnavailableError(  # pragma: no cover - needs a storm of racing writers
-            f"could not take unique key {options.key!r} in {_UNIQUE_ROUNDS} rounds"
+            f"could not take unique key {options.key!r} in {UNIQUE_ROUNDS} rounds"
         )
 
     # -- looking jobs up ------------------------------------------------------------------
@@ -523,14 +391,6 @@ class RedisQueue:
 
     # -- shared with Job and the worker -------------------------------------------------
 
-    def stream(self, band: int) -> str:
-        """The stream key of priority band ``band``."""
-        return f"{self.prefix}:jobs:{band}"
-
-    def job_key(self, job_id: str) -> str:
-        """The hash key of job ``job_id``."""
-        return f"{self.prefix}:job:{job_id}"
-
     def scheduled(self) -> int:
         """Jobs waiting for their time (``enqueue_in``/``enqueue_at``), not retries."""
         with self.translate_errors():
@@ -543,7 +403,7 @@ class RedisQueue:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrangebyscore(delayed, "-inf", now_ms, start=0, num=limit)
             pipe.zrangebyscore(scheduled, "-inf", now_ms, start=0, num=limit)
-            ids = list(dict.fromkeys(_text(i) for got in pipe.execute() for i in got))
+            ids = list(dict.fromkeys(text(i) for got in pipe.execute() for i in got))
             if not ids:
                 return 0
             streams = [self.stream(b) for b in range(MAX_PRIORITY + 1)]
@@ -552,9 +412,8 @@ class RedisQueue:
 
     def release_unique(self, key: str, job_id: str) -> None:
         """Let uniqueness key ``key`` expire now that job ``job_id`` ended (tidying only)."""
-        keys = [f"{self.prefix}:unique:{key}", self.job_key(job_id)]
         with self.translate_errors():
-            self.run("unique_release", keys, job_id, _now_ms())
+            self.run("unique_release", self.unique_release_keys(key, job_id), job_id, _now_ms())
 
     def run(
         self,
@@ -654,53 +513,18 @@ class RedisQueue:
                 time.sleep(min(pause, left))
                 pause = min(_RETRY_CAP, pause * 2)
 
-    def done_key(self, job_id: str) -> str:
-        """The wake-up list that ``Job.result`` waiters of ``job_id`` block on."""
-        return f"{self.prefix}:done:{job_id}"
-
     def worker_keys(self, band: int, job_id: str) -> list[str]:
         """KEYS of START and FINISH for job ``job_id`` in band ``band`` (after the epoch)."""
         p, job = self.prefix, self.job_key(job_id)
         return [self.stream(band), job, f"{p}:delayed", f"{p}:dead", self.done_key(job_id)]
 
-    def context(self, job_id: str, kind: str) -> bytes:
-        """What a signature binds a payload to: this queue, this job, this kind."""
-        return f"{self.name}\0{job_id}\0{kind}".encode()
-
-    @contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Turn redis-py's connection errors into QueueUnavailableError."""
-        import redis
-
-        try:
-            yield
-        except _unreachable_errors() as exc:
-            raise QueueUnavailableError(
-                f"cannot reach Redis at {_redact(self.url)} for queue {self.name!r}: {exc}"
-            ) from exc
-        except redis.ResponseError as exc:
-            if "ISOPOOL_EPOCH" in str(exc) or "NOGROUP" in str(exc):
-                raise QueueUnavailableError(
-                    f"Redis lost the state of queue {self.name!r} (its epoch key is gone: "
-                    "was the server restarted without persistence, or flushed?). Jobs "
-                    "queued before may be lost; restart the workers and producers to "
-                    "start a new epoch."
-                ) from exc
-            raise
-
     def _init_state(self) -> str:
-        """Create the epoch and consumer groups once; warn when Redis may forget them."""
-        r = self.redis
-        r.set(f"{self.prefix}:epoch", uuid.uuid4().hex, nx=True)
-        epoch = r.get(f"{self.prefix}:epoch")
-        pipe = r.pipeline(transaction=False)
-        for band in range(MAX_PRIORITY + 1):
-            pipe.xgroup_create(self.stream(band), GROUP, id="0", mkstream=True)
-        for result in pipe.execute(raise_on_error=False):
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-                raise result
-        _warn_if_volatile(r, self.name)
-        return epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        """Set the queue up once and check our secrets; warn when Redis may forget."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue_init(pipe)
+        self.finish_init(pipe.execute(raise_on_error=False))
+        _warn_if_volatile(self.redis, self.name)
+        return self.epoch
 
 
 class QueueOptions:
@@ -774,13 +598,18 @@ class Job:
         """The job's state: scheduled, queued, running, delayed, done, failed, dead...
 
         One of scheduled (waiting for its time), queued, running, delayed (waiting
-        out a retry back-off), done, failed, dead, cancelled, or missing.
+        out a retry back-off, or handed back a moment by a worker that lacks its
+        signing key), done, failed, dead, cancelled, or missing.
         """
         status = self.queue.retrying(lambda r: r.hget(self.key, "status"))
         return status.decode() if status else "missing"
 
     def info(self) -> dict[str, str]:
-        """The job's bookkeeping: status, attempts, deliveries, reason, owner..."""
+        """The job's bookkeeping: status, deliveries, retries, attempts, reason, owner...
+
+        ``deliveries`` minus ``retries`` is the deliveries lost to crashes (see
+        ``JobOptions``); ``retries`` is absent until the first retry.
+        """
         raw = self.queue.retrying(lambda r: r.hgetall(self.key))
         skip = {b"payload", b"result"}
         return {k.decode(): v.decode() for k, v in raw.items() if k not in skip}
@@ -802,26 +631,19 @@ class Job:
             JobNotFoundError: no job has this id in the queue (or it expired).
             QueueUnavailableError: Redis is unreachable or lost the queue's state.
         """
-        prefix = self.queue.prefix
-        keys = [self.key, f"{prefix}:delayed", f"{prefix}:scheduled", f"{prefix}:done:{self.id}"]
-        state = _text(
+        keys = self.queue.cancel_keys(self.id)
+        state = text(
             self.queue.retrying(
                 lambda r: self.queue.run("cancel", keys, self.id, _now_ms(), client=r)
             )
         )
         if state == "missing":
             self.queue.check_epoch()
-            raise self._not_found()
+            raise self.queue.missing_error(self.id)
         with self.queue.translate_errors():
             if state == "cancelled" and (key := self.queue.redis.hget(self.key, "key")):
-                self.queue.release_unique(_text(key), self.id)
+                self.queue.release_unique(text(key), self.id)
         return state in ("cancelled", "cancelling")
-
-    def _not_found(self) -> JobNotFoundError:
-        return JobNotFoundError(
-            f"no job {self.id} in queue {self.queue.name!r} (never enqueued there, or "
-            "expired after its result_ttl)"
-        )
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ANN401 - the job's value
         """Wait for the job's result; raise its exception with its own type.
@@ -848,8 +670,11 @@ class Job:
                 lambda r: r.hmget(self.key, "status", "kind", "result", "reason"), deadline
             )
             state = status.decode() if status else "missing"
-            if state in FINAL or state == "missing":
-                return self._outcome(state, kind, blob, reason)
+            if state == "missing":
+                self.queue.check_epoch()
+                raise self.queue.missing_error(self.id)
+            if state in FINAL:
+                return self.queue.outcome(self.id, state, kind, blob, reason)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s ({state})")
@@ -859,37 +684,11 @@ class Job:
         """Block on the job's wake-up list for up to a second (before ``deadline``)."""
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         bound = self.queue.bounded(remaining)[1]
-        cap = min(_POLL_CAP, bound / 2, _POLL_CAP if remaining is None else remaining)
+        cap = min(POLL_CAP, bound / 2, POLL_CAP if remaining is None else remaining)
         done_key = self.queue.done_key(self.id)
         if r.blpop([done_key], timeout=max(0.01, cap)):
             r.rpush(done_key, "1")  # wake the other waiters too
-            r.expire(done_key, _WAKE_TTL)
-
-    def _outcome(
-        self, state: str, kind: bytes | None, blob: bytes | None, reason: bytes | None
-    ) -> Any:  # noqa: ANN401 - the job's value
-        from concurrent.futures import CancelledError
-
-        if state == "missing":
-            self.queue.check_epoch()
-            raise self._not_found()
-        if state == "cancelled":
-            raise CancelledError(f"job {self.id} was cancelled")
-        why = reason.decode() if reason else ""
-        if not blob:  # dead-lettered with no result of its own
-            if why.startswith("delivery-limit"):
-                raise TaskCrashError(f"job {self.id} was dead-lettered: {why}")
-            if why == "bad-signature":
-                raise SignatureError(f"job {self.id} was dead-lettered: bad-signature")
-            if why.startswith("bad-options"):
-                raise ValueError(f"job {self.id} was dead-lettered: {why}")
-            raise RestartLimitError(f"job {self.id} was dead-lettered: {why}")
-        body = self.queue.keys.verify(blob, self.queue.context(self.id, "result"))
-        if kind == b"ok":
-            return pickle.loads(body)
-        if kind in (b"raised", b"shutdown"):
-            raise _wire.loads_exception(body)
-        raise pickle.loads(body)
+            r.expire(done_key, WAKE_TTL)
 
 
 def _redis_error(message: str) -> Exception:
@@ -900,10 +699,6 @@ def _redis_error(message: str) -> Exception:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _due_in(seconds: object) -> float:

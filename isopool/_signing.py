@@ -103,6 +103,33 @@ class Keyring:
             return cls(secret, key_id)
         return cls({key_id or DEFAULT_KEY_ID: secret})
 
+    def holds(self, key_id: str) -> bool:
+        """Whether this keyring has a secret for ``key_id`` (it can verify with it)."""
+        return key_id in self._keys
+
+    def proofs(self, scope: str) -> dict[str, str]:
+        """Key id -> a check value of its secret for ``scope`` (a queue's name).
+
+        An HMAC of a fixed message, in a domain of its own (it can never pass as a
+        payload's MAC): stored with a queue by the first user of each key id, it lets
+        a later one tell "my secret for this key id is not the queue's" at start,
+        instead of refusing every job it fetches as forged.
+        """
+        message = b"isopool/keycheck/1\0" + scope.encode()
+        return {
+            kid: hmac.new(key, message, hashlib.sha256).hexdigest()
+            for kid, key in self._keys.items()
+        }
+
+    @staticmethod
+    def key_id_of(envelope: bytes) -> str | None:
+        """The key id an envelope claims to be signed with (unverified), or None."""
+        if not envelope.startswith(_MAGIC) or len(envelope) < len(_MAGIC) + 1:
+            return None
+        start = len(_MAGIC) + 1
+        kid = envelope[start : start + envelope[len(_MAGIC)]]
+        return kid.decode(errors="replace") if kid else None
+
     def sign(self, body: bytes, context: bytes) -> bytes:
         """Return the envelope of ``body`` for ``context`` (queue, id, kind)."""
         kid = self.current.encode()

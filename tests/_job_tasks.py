@@ -35,3 +35,26 @@ def record_tick():
     """Append "pid time" to the file named by $TEST_TICKS_FILE (a --cron job takes no args)."""
     with open(os.environ["TEST_TICKS_FILE"], "a") as f:
         f.write(f"{os.getpid()} {time.time()}\n")
+
+
+def count_then_sigkill(path):
+    """Append a line to ``path`` (one per run), then SIGKILL this job's own process."""
+    import signal
+
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def count_then_kill_worker(path):
+    """Append a line to ``path``, then SIGKILL the whole ``isopool worker`` running this job.
+
+    The worker leads its session (the tests start it so); its fork server is in its
+    group; this job leads a group of its own, so it kills itself last.
+    """
+    import signal
+
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.killpg(os.getsid(0), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -328,12 +328,15 @@ class Processes:
         env: dict[str, str] | None = None,
         secret: str | None = SECRET,
         secret_file: Path | None = None,
+        key_id: str | None = None,
     ) -> Proc:
         """``isopool worker --redis URL --queue NAME`` with the test secret."""
         args = ["--redis", url, "--queue", queue, "--workers", str(workers)]
         args += ["--lease", str(lease), "--drain", str(drain)]
         if secret_file is not None:
             args += ["--secret-file", str(secret_file)]
+        if key_id is not None:
+            args += ["--key-id", key_id]
         return self.spawn(["worker", *args], env, secret)
 
     def node(

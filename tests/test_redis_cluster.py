@@ -105,6 +105,30 @@ def test_cluster_url_with_database_number_raises_value_error_naming_it(redis_clu
         isopool.RedisQueue(redis_cluster.url + "/3", unique(), secret=SECRET)
 
 
+def test_async_queue_on_cluster_url_runs_jobs_of_cli_worker(redis_cluster, processes):
+    """AsyncRedisQueue on a redis+cluster:// URL enqueues, awaits and cancels on a cluster."""
+    import asyncio
+
+    from redis.asyncio.cluster import RedisCluster
+
+    name = unique()
+    processes.worker(redis_cluster.url, name, workers=1)
+
+    async def main() -> None:
+        async with isopool.AsyncRedisQueue(redis_cluster.url, name, secret=SECRET) as queue:
+            assert queue.cluster
+            assert isinstance(queue.redis, RedisCluster)
+            job = await queue.options(key="once").enqueue(ECHO, "async")
+            assert (await queue.options(key="once").enqueue(ECHO, 2)).id == job.id
+            assert await job.result(timeout=60) == "async"
+            later = await queue.enqueue_in(3600, ECHO, "never")
+            assert await later.cancel()
+            with pytest.raises(isopool.JobNotFoundError):
+                await queue.job("0" * 32).result(timeout=10)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 @pytest.mark.remote
 def test_node_on_cluster_url_serves_remote_calls(redis_cluster, processes):
     """``isopool node`` and ``isopool.connect`` work on a cluster URL."""

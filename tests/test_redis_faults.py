@@ -106,9 +106,9 @@ def test_job_result_of_unknown_id_raises_job_not_found_error(queues):
 
 def test_enqueue_payload_over_value_limit_raises_value_error_naming_sizes(queues, monkeypatch):
     """A call bigger than Redis's value limit is refused before sending, with both sizes."""
-    from isopool import _redis_queue
+    from isopool import _redis_common
 
-    monkeypatch.setattr(_redis_queue, "MAX_PAYLOAD_BYTES", 4096)
+    monkeypatch.setattr(_redis_common, "MAX_PAYLOAD_BYTES", 4096)
     queue = queues()
     with pytest.raises(ValueError, match=r"is \d+ bytes .* limit of 4096 bytes"):
         queue.enqueue(ECHO, b"x" * 10_000)

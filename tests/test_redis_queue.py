@@ -267,15 +267,21 @@ def test_transient_job_raising_is_retried_until_success(redis_server, queues, pr
 def test_transient_job_exhausting_retries_is_dead_lettered_with_its_error(
     redis_server, queues, processes, tmp_path
 ):
-    """A transient job raising 1 + max_retries times is dead-lettered; result() raises its error."""
+    """A transient job raising 1 + max_retries times is dead-lettered; result() raises its error.
+
+    Issue 9: max_retries=4 is past the crash budget (max_deliveries=3), which retries
+    after a failure no longer spend: five runs, not three, and the job's own error.
+    """
     queue = queues()
     processes.worker(redis_server.url, queue.name)
     marker = tmp_path / "runs"
-    retry = queue.options(restart="transient", max_retries=2, backoff=0.05)
+    retry = queue.options(restart="transient", max_retries=4, backoff=0.01)
     job = retry.enqueue("tests._tasks:fail_always", str(marker))
-    with pytest.raises(RuntimeError, match="failure 3"):
-        job.result(timeout=30)
-    assert _tasks.runs(marker) == 3
+    with pytest.raises(RuntimeError, match="failure 5") as info:
+        job.result(timeout=60)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert _tasks.runs(marker) == 5 == queue.max_deliveries + 2
+    assert job.info()["retries"] == "4"
     assert job.status() == "dead"
     assert [(d.job_id, d.reason) for d in queue.dead_letters()] == [(job.id, "retries-exhausted")]
 
