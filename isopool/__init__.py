@@ -16,24 +16,32 @@ A guide, in the order of Elixir's ``Task`` docs:
    ``async_stream``, linked tasks in a ``TaskGroup``, and ``TaskSupervisor``.
 """
 
-# Layout: _errors (exceptions) · _spec (task options) · _policy (restart logic) ·
-# _wire (frames, pickling) · _worker (the worker loop) · _forkserver / _process (OS
-# processes) · _share (multiprocessing objects in initargs) · _monitor (the supervising
-# thread) · _outcome (settling futures) ·
-# _queue (pending tasks) · _task (Task) · _pool (Pool) · _group (links, TaskGroup) ·
-# _many (await_many, yield_many, as_completed) · _progress (progress=) · _usage
-# (Usage) · _stream (async_stream) · _supervisor
-# (TaskSupervisor) · _signing (HMAC envelopes) · _redis_queue (RedisQueue, Job) ·
-# _redis_lua (its scripts) · _redis_connect (Redis or Redis Cluster clients) ·
-# _redis_async (AsyncRedisQueue, AsyncJob) · _redis_common (what both clients say) ·
-# _queue_worker (isopool worker) · _node (isopool node) · _remote (connect, remote
-# supervisors) · _cli (the command line) · _inspect (read-only snapshot of queues and
-# nodes) · _status (isopool status, dashboard) · _dashboard (the web app, _static/).
+# Layout: three layers, imports pointing down only (STYLE.md §1).
+#   _core/   the process engine; knows nothing of Task's API or Redis:
+#            wire (frames, pickling) · oob (large buffers in memfd slabs) · worker (the
+#            child's loop) · forkserver / process / reaper (OS processes) · share
+#            (multiprocessing objects in initargs) · run (a run's record, phases; the
+#            Runnable protocol the engine sees tasks through) · handle (a worker's record
+#            and pipes) · dispatch / machine (the decisions: a state machine fed events
+#            and a clock, no I/O) · monitor (the epoll thread and the machine's port) ·
+#            outcome (settling futures without user code) · resolver (callbacks, logs) ·
+#            policy / queue (restart intensity, back-off; pending queues) · usage ·
+#            metrics (plain-int counters)
+#   the API  _errors · _spec (options) · _task (Task) · _pool (Pool) · _batched (map's
+#            batches) · _group (links, TaskGroup) · _many (await_many, yield_many,
+#            as_completed) · _progress · _stream (async_stream) · _supervisor ·
+#            _prometheus (collectors, loaded on use) · _cli / _status (the command line)
+#   _dist/   Redis and remote nodes, imported lazily (see __getattr__): signing ·
+#            redis_common / redis_queue / redis_async / redis_lua / redis_connect (the
+#            queue, both clients, its scripts, Redis or Cluster) · schedules / cron ·
+#            queue_worker (isopool worker) · node / remote (isopool node, connect) ·
+#            inspect / dashboard (the read-only snapshot and the web app, _static/)
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
+from ._core.usage import Usage as Usage
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import IsopoolError as IsopoolError
 from ._errors import JobNotFoundError as JobNotFoundError
@@ -61,41 +69,40 @@ from ._supervisor import SupervisorOptions as SupervisorOptions
 from ._supervisor import TaskSupervisor as TaskSupervisor
 from ._task import Reply as Reply
 from ._task import Task as Task
-from ._usage import Usage as Usage
 from ._version import __version__ as __version__
 
 if _TYPE_CHECKING:  # the distributed layer, loaded on first use (see __getattr__)
-    from ._redis_async import AsyncJob as AsyncJob
-    from ._redis_async import AsyncRedisQueue as AsyncRedisQueue
-    from ._redis_queue import DeadLetter as DeadLetter
-    from ._redis_queue import Job as Job
-    from ._redis_queue import JobOptions as JobOptions
-    from ._redis_queue import QueueOptions as QueueOptions
-    from ._redis_queue import RedisQueue as RedisQueue
-    from ._redis_queue import Schedule as Schedule
-    from ._remote import Cluster as Cluster
-    from ._remote import NodeInfo as NodeInfo
-    from ._remote import RemoteSupervisor as RemoteSupervisor
-    from ._remote import RemoteTask as RemoteTask
-    from ._remote import connect as connect
+    from ._dist.redis_async import AsyncJob as AsyncJob
+    from ._dist.redis_async import AsyncRedisQueue as AsyncRedisQueue
+    from ._dist.redis_queue import DeadLetter as DeadLetter
+    from ._dist.redis_queue import Job as Job
+    from ._dist.redis_queue import JobOptions as JobOptions
+    from ._dist.redis_queue import QueueOptions as QueueOptions
+    from ._dist.redis_queue import RedisQueue as RedisQueue
+    from ._dist.redis_queue import Schedule as Schedule
+    from ._dist.remote import Cluster as Cluster
+    from ._dist.remote import NodeInfo as NodeInfo
+    from ._dist.remote import RemoteSupervisor as RemoteSupervisor
+    from ._dist.remote import RemoteTask as RemoteTask
+    from ._dist.remote import connect as connect
 
 # The Redis queue and remote nodes are imported when first used, not with isopool:
 # every worker's fork server imports this package, and worker start-up is a
 # benchmark figure (the core never imports the distributed layer; STYLE.md §1).
 _LAZY = {
-    "AsyncJob": "_redis_async",
-    "AsyncRedisQueue": "_redis_async",
-    "Cluster": "_remote",
-    "DeadLetter": "_redis_queue",
-    "Job": "_redis_queue",
-    "JobOptions": "_redis_queue",
-    "NodeInfo": "_remote",
-    "QueueOptions": "_redis_queue",
-    "RedisQueue": "_redis_queue",
-    "RemoteSupervisor": "_remote",
-    "RemoteTask": "_remote",
-    "Schedule": "_redis_queue",
-    "connect": "_remote",
+    "AsyncJob": "_dist.redis_async",
+    "AsyncRedisQueue": "_dist.redis_async",
+    "Cluster": "_dist.remote",
+    "DeadLetter": "_dist.redis_queue",
+    "Job": "_dist.redis_queue",
+    "JobOptions": "_dist.redis_queue",
+    "NodeInfo": "_dist.remote",
+    "QueueOptions": "_dist.redis_queue",
+    "RedisQueue": "_dist.redis_queue",
+    "RemoteSupervisor": "_dist.remote",
+    "RemoteTask": "_dist.remote",
+    "Schedule": "_dist.redis_queue",
+    "connect": "_dist.remote",
 }
 
 

@@ -34,10 +34,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+from ._core.worker import BATCH_DONE, BatchStopped, run_batch
 from ._errors import TaskCrashError
 from ._progress import Progress
 from ._task import Task
-from ._worker import BATCH_DONE, BatchStopped, run_batch
 
 __all__ = ["batched_results"]
 

@@ -27,7 +27,7 @@ from ._task import Task
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from ._queue_worker import QueueWorker
+    from ._dist.queue_worker import QueueWorker
 
 __all__ = ["main"]
 
@@ -276,9 +276,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from ._dist.queue_worker import QueueWorker
+    from ._dist.redis_queue import RedisQueue
     from ._errors import QueueUnavailableError, SignatureError
-    from ._queue_worker import QueueWorker
-    from ._redis_queue import RedisQueue
 
     try:
         crons = [_parse_cron_option(text) for text in args.cron]
@@ -322,8 +322,8 @@ def _parse_cron_option(text: str) -> tuple[str, str]:
 
 def _schedules(args: argparse.Namespace) -> int:
     """``isopool schedules``: list a queue's periodic jobs with their next run."""
+    from ._dist.redis_queue import RedisQueue
     from ._errors import QueueUnavailableError
-    from ._redis_queue import RedisQueue
 
     try:
         queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file)
@@ -375,8 +375,8 @@ def _node(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from ._dist.node import Node, SupervisorSpec
     from ._errors import QueueUnavailableError
-    from ._node import Node, SupervisorSpec
 
     try:
         specs = [SupervisorSpec.parse(text) for text in args.supervisor]
@@ -431,8 +431,8 @@ def _export_metrics(registry: CollectorRegistry | None, workers: list[QueueWorke
 
 def _dead_letters(args: argparse.Namespace) -> int:
     """``isopool dead-letters``: show the dead-letter stream, or re-queue jobs."""
+    from ._dist.redis_queue import RedisQueue
     from ._errors import QueueUnavailableError
-    from ._redis_queue import RedisQueue
 
     try:
         queue = RedisQueue(args.redis, args.queue, secret_file=args.secret_file)

@@ -35,12 +35,13 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from ._batched import batched_results
+from ._core.monitor import Monitor, State
+from ._core.policy import RestartIntensity
+from ._core.process import ForkServer, is_single_threaded
+from ._core.share import InitPayload, dumps_initializer
+from ._core.worker import run_chunk, run_chunk_of_one
 from ._errors import PoolClosedError
-from ._monitor import Monitor, State
-from ._policy import RestartIntensity
-from ._process import ForkServer, is_single_threaded
 from ._progress import Progress, make_progress, total_of
-from ._share import InitPayload, dumps_initializer
 from ._spec import (
     TaskOptions,
     check_buffersize,
@@ -52,7 +53,6 @@ from ._spec import (
     resolve_function,
 )
 from ._task import Task
-from ._worker import run_chunk, run_chunk_of_one
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry

@@ -27,11 +27,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ._metrics import JOB_OUTCOMES, JOB_RESULTS, TASK_OUTCOMES, JobMetrics
+from ._core.metrics import JOB_OUTCOMES, JOB_RESULTS, TASK_OUTCOMES, JobMetrics
 
 if TYPE_CHECKING:
-    from ._monitor import Monitor
-    from ._queue_worker import QueueWorker
+    from ._core.monitor import Monitor
+    from ._dist.queue_worker import QueueWorker
 
 __all__ = ["JobsCollector", "PoolsCollector", "export_workers", "register_pool", "serve"]
 

@@ -28,7 +28,7 @@ def _connect(url: str) -> Any:  # noqa: ANN401 - a redis.Redis
 
 def run_status(url: str, queue: str | None, as_json: bool, out: TextIO) -> int:
     """Print the snapshot of ``queue`` (or every queue); return the exit code."""
-    from . import _inspect
+    from ._dist import inspect as _inspect
 
     client = _connect(url)
     try:
@@ -225,7 +225,7 @@ def run_dashboard(
     try:
         import uvicorn
 
-        from ._dashboard import LOOPBACK_HOSTS, create_app
+        from ._dist.dashboard import LOOPBACK_HOSTS, create_app
     except ImportError as exc:
         print(
             f"isopool dashboard needs starlette and uvicorn: pip install 'isopool[dashboard]' "

@@ -21,10 +21,10 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 
+from ._core.policy import RestartIntensity
 from ._errors import MaxChildrenError, PoolClosedError, RestartLimitError
 from ._group import link_task
 from ._many import stop_tasks
-from ._policy import RestartIntensity
 from ._pool import Pool
 from ._spec import TaskOptions, check_positive_int
 from ._stream import StreamSpec, async_stream

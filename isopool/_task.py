@@ -34,11 +34,12 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from . import _wire
+from ._core import wire as _wire
+from ._core.outcome import Outcome, resolve
+from ._core.policy import RestartIntensity
+from ._core.usage import Usage, usage_of
 from ._errors import Shutdown as ShutdownExit
 from ._errors import TaskTimeoutError
-from ._outcome import Outcome, resolve
-from ._policy import RestartIntensity
 from ._spec import (
     MAX_SECONDS,
     ShutdownTimeout,
@@ -48,10 +49,9 @@ from ._spec import (
     check_wait,
     describe_function,
 )
-from ._usage import Usage, usage_of
 
 if TYPE_CHECKING:
-    from ._run import Defer, Run, Settle, StopRequest
+    from ._core.run import Defer, Run, Settle, StopRequest
 
 __all__ = ["Reply", "Task", "describe"]
 

@@ -321,7 +321,8 @@ def write_into_result_pipe(data, then_return="done"):
 
 def announce_huge_frame_with_cookie(length):
     """Write a well-stamped header that claims ``length`` bytes, and send none of them."""
-    from isopool import _wire, _worker
+    from isopool._core import wire as _wire
+    from isopool._core import worker as _worker
 
     os.write(_own_result_fd(), _wire.pack_header(_wire.RESULT, 1, length, _worker._cookie))
     return "the parent is still waiting for the rest"
@@ -398,7 +399,9 @@ def send_bogus_shared_result(how):
     """
     import pickle
 
-    from isopool import _oob, _wire, _worker
+    from isopool._core import oob as _oob
+    from isopool._core import wire as _wire
+    from isopool._core import worker as _worker
 
     pid, fd, token, length = os.getpid(), 987654, 1, 4096
     if how == "negative-fd":

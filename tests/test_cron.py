@@ -1,4 +1,4 @@
-"""The five-field cron parser and its next tick (isopool._cron), pure: no Redis."""
+"""The five-field cron parser and its next tick (isopool._dist.cron), pure: no Redis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from isopool._cron import Cron
+from isopool._dist.cron import Cron
 
 UTC = datetime.UTC
 

@@ -28,7 +28,7 @@ def served():
 
     import uvicorn
 
-    from isopool._dashboard import create_app
+    from isopool._dist.dashboard import create_app
 
     servers, clients = [], []
     port = free_port()  # one server per test: its origin is known before it starts

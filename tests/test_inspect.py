@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from isopool import _inspect
+from isopool._dist import inspect as _inspect
 from tests._redis import REPO
 from tests.conftest import wait_for
 

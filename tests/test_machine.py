@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from isopool import RestartLimitError, TaskCrashError, TaskTimeoutError, _wire
+from isopool import RestartLimitError, TaskCrashError, TaskTimeoutError
+from isopool._core import wire as _wire
+from isopool._core.handle import WorkerHandle, WorkerPhase
+from isopool._core.machine import Machine, State
+from isopool._core.outcome import Outcome, resolve
+from isopool._core.policy import RestartIntensity
+from isopool._core.run import Answer, Revoke, RunPhase, StopRequest
 from isopool._errors import ProtocolError
-from isopool._handle import WorkerHandle, WorkerPhase
-from isopool._machine import Machine, State
-from isopool._outcome import Outcome, resolve
-from isopool._policy import RestartIntensity
-from isopool._run import Answer, Revoke, RunPhase, StopRequest
 from isopool._spec import TaskOptions
 from isopool._task import Task
 

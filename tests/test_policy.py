@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from isopool._policy import MAX_BACKOFF, RestartIntensity, backoff_delay, should_restart
+from isopool._core.policy import MAX_BACKOFF, RestartIntensity, backoff_delay, should_restart
 
 # -- should_restart -----------------------------------------------------------------------
 

@@ -753,7 +753,9 @@ def block_monitor(pool):
 
 def warm_up_pipelining(pool):
     """Run many tiny tasks, so that the pool writes several calls to a worker at once."""
-    assert list(pool.map(_tasks.echo, range(300), timeout=30)) == list(range(300))
+    # One task per call (map at chunksize 1 would send these in batches of ~1 ms each).
+    tasks = [pool.submit(_tasks.echo, i) for i in range(300)]
+    assert [t.result(timeout=30) for t in tasks] == list(range(300))
 
 
 def test_kill_running_task_whose_reply_is_unread_raises_cancelled_error(one_worker, tmp_path):

@@ -6,7 +6,7 @@ import gc
 import itertools
 import weakref
 
-from isopool._queue import DelayedQueue, PendingQueue
+from isopool._core.queue import DelayedQueue, PendingQueue
 
 _seqs = itertools.count(1)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from isopool import TaskCrashError, _wire
-from isopool._redis_queue import JobOptions
+from isopool import TaskCrashError
+from isopool._core import wire as _wire
+from isopool._dist.redis_queue import JobOptions
 from tests import _tasks
 from tests._redis import unique
 from tests.conftest import wait_for

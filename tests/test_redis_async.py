@@ -16,7 +16,7 @@ import pytest
 
 import isopool
 from isopool import JobNotFoundError, SignatureError
-from isopool._wire import RemoteTraceback
+from isopool._core.wire import RemoteTraceback
 from tests._redis import SECRET, unique
 
 ECHO = "tests._tasks:echo"

@@ -106,7 +106,7 @@ def test_job_result_of_unknown_id_raises_job_not_found_error(queues):
 
 def test_enqueue_payload_over_value_limit_raises_value_error_naming_sizes(queues, monkeypatch):
     """A call bigger than Redis's value limit is refused before sending, with both sizes."""
-    from isopool import _redis_common
+    from isopool._dist import redis_common as _redis_common
 
     monkeypatch.setattr(_redis_common, "MAX_PAYLOAD_BYTES", 4096)
     queue = queues()
@@ -151,7 +151,7 @@ def test_queue_url_with_missing_database_raises_value_error_naming_it(redis_serv
 def test_enqueue_with_replicas_but_none_attached_logs_warning(queues, caplog):
     """replicas=1 on a server without replicas: the job is queued, the shortfall logged."""
     queue = queues(replicas=1)
-    with caplog.at_level(logging.WARNING, logger="isopool._redis_queue"):
+    with caplog.at_level(logging.WARNING, logger="isopool._dist.redis_queue"):
         job = queue.enqueue(ECHO, 1)
     assert job.status() == "queued"
     assert "0 of 1 replicas" in caplog.text

@@ -19,7 +19,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 import isopool
-from isopool._redis_queue import JobOptions
+from isopool._dist.redis_queue import JobOptions
 from tests._redis import SECRET
 from tests.conftest import pid_alive, wait_for
 
@@ -378,7 +378,7 @@ def test_schedule_bad_cron_or_zone_raises_value_error(queues):
 @pytest.mark.redis
 def test_schedule_due_tick_fired_by_racing_threads_enqueues_one_job(queues):
     """Sixteen clients fire the same due tick at once: one job, and the next tick is ahead."""
-    from isopool._schedules import fire_due
+    from isopool._dist.schedules import fire_due
 
     queue = queues()
     queue.schedule("* * * * *", ECHO, "tick", name="minutely")
@@ -429,7 +429,7 @@ def test_schedule_ticks_missed_while_workers_down_run_once_late(
 @pytest.mark.redis
 def test_schedule_with_forged_call_is_never_run(redis_server, queues, processes, tmp_path):
     """A schedule whose stored call is signed with another key is refused, not run."""
-    from isopool._signing import Keyring
+    from isopool._dist.signing import Keyring
 
     queue = queues()
     marker = tmp_path / "forged"

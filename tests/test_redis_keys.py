@@ -18,10 +18,10 @@ from concurrent.futures import CancelledError
 import pytest
 
 import isopool
-from isopool import _redis_lua
-from isopool._queue_worker import QueueWorker
-from isopool._redis_queue import GROUP
-from isopool._schedules import fire_due
+from isopool._dist import redis_lua as _redis_lua
+from isopool._dist.queue_worker import QueueWorker
+from isopool._dist.redis_queue import GROUP
+from isopool._dist.schedules import fire_due
 from tests.conftest import wait_for
 
 ECHO = "tests._tasks:echo"

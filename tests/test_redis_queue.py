@@ -20,11 +20,12 @@ from concurrent.futures import CancelledError
 import pytest
 
 import isopool
-from isopool import QueueUnavailableError, SignatureError, TaskCrashError, _wire
-from isopool._queue_worker import QueueWorker
-from isopool._redis_queue import GROUP, JobOptions
-from isopool._signing import Keyring
-from isopool._wire import RemoteTraceback
+from isopool import QueueUnavailableError, SignatureError, TaskCrashError
+from isopool._core import wire as _wire
+from isopool._core.wire import RemoteTraceback
+from isopool._dist.queue_worker import QueueWorker
+from isopool._dist.redis_queue import GROUP, JobOptions
+from isopool._dist.signing import Keyring
 from tests import _tasks
 from tests._redis import SECRET, free_port, unique
 from tests.conftest import pid_alive, wait_for

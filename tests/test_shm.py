@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import pytest
 
 import isopool
-from isopool import _oob, _wire
+from isopool._core import oob as _oob
+from isopool._core import wire as _wire
 from tests import _tasks
 
 numpy = pytest.importorskip("numpy")

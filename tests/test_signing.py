@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from isopool import SignatureError
-from isopool._signing import Keyring
+from isopool._dist.signing import Keyring
 
 SECRET = "a-test-secret-of-32-characters!!"
 OTHER = "another-test-secret-32-characters"

@@ -17,9 +17,8 @@ from isopool import _spec
 from isopool._spec import TaskOptions
 from tests import _tasks
 
+
 # -- check_seconds / check_duration -------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(None, None), (0, 0.0), (1, 1.0), (2.5, 2.5), (1e-9, 1e-9)],

@@ -18,7 +18,7 @@ import pytest
 
 import isopool
 from isopool import Reply, Task, TaskGroup, TaskSupervisor
-from isopool._policy import MAX_BACKOFF, RestartIntensity, backoff_delay
+from isopool._core.policy import MAX_BACKOFF, RestartIntensity, backoff_delay
 from tests import _tasks
 from tests.conftest import pid_alive, started, wait_for
 

@@ -23,7 +23,9 @@ SLOW = 30.0  # a slow task; every bound below is a tenth of it or less
 
 def warm_up_pipelining(pool):
     """Run many tiny tasks, so that the pool writes several calls to a worker at once."""
-    assert list(pool.map(_tasks.echo, range(300), timeout=30)) == list(range(300))
+    # One task per call (map at chunksize 1 would send these in batches of ~1 ms each).
+    tasks = [pool.submit(_tasks.echo, i) for i in range(300)]
+    assert [t.result(timeout=30) for t in tasks] == list(range(300))
 
 
 def queue_behind_slow(pool, make_call):
@@ -134,7 +136,7 @@ def test_garbage_in_the_result_pipe_fails_only_that_task():
 
 def test_forged_4gib_header_is_refused_without_allocating_it():
     """A header announcing 4 GiB without the worker's cookie is refused at once."""
-    from isopool import _wire
+    from isopool._core import wire as _wire
 
     header = _wire.pack_header(_wire.RESULT, 1, _wire.MAX_PAYLOAD)
     with isopool.Pool(1) as pool:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import isopool
-from isopool import Task, Usage, _wire
+from isopool import Task, Usage
+from isopool._core import wire as _wire
 from tests import _payloads, _tasks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,9 @@ import threading
 
 import pytest
 
-from isopool import ProtocolError, _wire
-from isopool._wire import FrameReader, RemoteTraceback
+from isopool import ProtocolError
+from isopool._core import wire as _wire
+from isopool._core.wire import FrameReader, RemoteTraceback
 from tests import _tasks
 
 

@@ -32,13 +32,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from . import _wire
-from ._cron import Cron
-from ._errors import SignatureError
-from ._spec import describe_function, resolve_function
+from .._core import wire as _wire
+from .._errors import SignatureError
+from .._spec import describe_function, resolve_function
+from .cron import Cron
 
 if TYPE_CHECKING:
-    from ._redis_queue import JobOptions, RedisQueue
+    from .redis_queue import JobOptions, RedisQueue
 
 __all__ = ["SCHEDULE_SCRIPTS", "Schedule", "define", "fire_due", "list_schedules", "remove"]
 
@@ -208,7 +208,7 @@ def list_schedules(queue: RedisQueue) -> list[Schedule]:
 
 def fire_due(queue: RedisQueue, now: float) -> int:
     """Enqueue one job for each schedule whose tick has come; return how many fired."""
-    from ._redis_queue import JobOptions
+    from .redis_queue import JobOptions
 
     now_ms = int(now * 1000)
     with queue.translate_errors():

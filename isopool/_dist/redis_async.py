@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._errors import QueueUnavailableError
-from ._redis_common import FINAL, UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, redact, text
-from ._redis_connect import _CLUSTER_SCHEMES, SOCKET_TIMEOUT, _database, is_cluster_url
-from ._redis_lua import SCRIPTS
-from ._redis_queue import _due_at, _due_in, _now_ms
-from ._signing import Keyring
+from .._errors import QueueUnavailableError
+from .redis_common import FINAL, UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, redact, text
+from .redis_connect import _CLUSTER_SCHEMES, SOCKET_TIMEOUT, _database, is_cluster_url
+from .redis_lua import SCRIPTS
+from .redis_queue import _due_at, _due_in, _now_ms
+from .signing import Keyring
 
 if TYPE_CHECKING:
     import redis.asyncio

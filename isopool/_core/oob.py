@@ -60,7 +60,7 @@ import threading
 import weakref
 from typing import Final
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 __all__ = [
     "MAGIC",

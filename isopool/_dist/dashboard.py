@@ -39,8 +39,8 @@ import secrets
 from importlib import resources
 from typing import Any, Final
 
-from . import _inspect
-from ._errors import QueueUnavailableError
+from .._errors import QueueUnavailableError
+from . import inspect as _inspect
 
 __all__ = ["create_app"]
 
@@ -123,7 +123,7 @@ class _Actions:
     def queue(self, name: str) -> Any:  # noqa: ANN401 - a RedisQueue
         """A RedisQueue handle on ``name`` (which must exist) with a throwaway key."""
         if name not in self._queues:
-            from ._redis_queue import RedisQueue
+            from .redis_queue import RedisQueue
 
             if not self.client.exists(f"{_inspect.prefix_of(name)}:epoch"):
                 raise LookupError(f"no queue named {name!r} in this Redis")

@@ -22,11 +22,11 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ._errors import NodeDownError, TaskTimeoutError, UnknownSupervisorError
-from ._node import NODES_KEY, alive_key, queue_name
-from ._redis_queue import Job, JobOptions, RedisQueue
-from ._spec import check_positive_int, check_seconds, check_shutdown
-from ._task import Reply
+from .._errors import NodeDownError, TaskTimeoutError, UnknownSupervisorError
+from .._spec import check_positive_int, check_seconds, check_shutdown
+from .._task import Reply
+from .node import NODES_KEY, alive_key, queue_name
+from .redis_queue import Job, JobOptions, RedisQueue
 
 __all__ = ["Cluster", "NodeInfo", "RemoteSupervisor", "RemoteTask", "connect"]
 
@@ -74,8 +74,8 @@ class Cluster:
         secret_file: str | None,
         cluster: bool = False,
     ) -> None:
-        from ._redis_connect import connect as _connect
-        from ._signing import Keyring
+        from .redis_connect import connect as _connect
+        from .signing import Keyring
 
         self.url = url
         self._secret = (secret, key_id, secret_file)

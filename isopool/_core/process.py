@@ -25,9 +25,11 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from . import _forkserver, _reaper, _wire
-from ._errors import BrokenPoolError
-from ._share import InitPayload
+from .._errors import BrokenPoolError
+from . import forkserver as _forkserver
+from . import reaper as _reaper
+from . import wire as _wire
+from .share import InitPayload
 
 __all__ = [
     "ExitInfo",
@@ -403,11 +405,11 @@ def _spawn_interpreter(sock_fd: int) -> _Child:
     start as long. posix_spawn reports exec failures without a pipe.
     """
     target = 3 if sock_fd != 3 else 4
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # isopool/, above _core/
     boot = (
         f"import sys, types; sys.path.insert(0, {os.path.dirname(package)!r}); "
         f"{_ENGINE_ONLY.format(package=package)}"
-        "from isopool._forkserver import main; "
+        "from isopool._core.forkserver import main; "
         "del sys.modules['isopool']; "
         f"main({target}, {os.getpid()})"
     )

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from ._errors import SignatureError
+from .._errors import SignatureError
 
 __all__ = ["Keyring"]
 

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ._spec import ShutdownTimeout, TaskOptions
+from .._spec import ShutdownTimeout, TaskOptions
 
 if TYPE_CHECKING:
-    from ._handle import WorkerHandle
-    from ._policy import RestartIntensity
+    from .handle import WorkerHandle
+    from .policy import RestartIntensity
 
 __all__ = ["Answer", "Defer", "Revoke", "Run", "RunPhase", "Runnable", "Settle", "StopRequest"]
 

@@ -18,15 +18,16 @@ import logging
 import signal
 from typing import Final, Protocol
 
-from . import _oob, _wire
-from ._errors import BrokenPoolError, PoolClosedError, ProtocolError
-from ._handle import WorkerHandle, WorkerPhase
-from ._metrics import RunTimings
-from ._outcome import Outcome, tripped_error
-from ._policy import RestartIntensity
-from ._queue import DelayedQueue, PendingQueue
-from ._run import Revoke, Runnable, RunPhase
-from ._spec import ShutdownTimeout
+from .._errors import BrokenPoolError, PoolClosedError, ProtocolError
+from .._spec import ShutdownTimeout
+from . import oob as _oob
+from . import wire as _wire
+from .handle import WorkerHandle, WorkerPhase
+from .metrics import RunTimings
+from .outcome import Outcome, tripped_error
+from .policy import RestartIntensity
+from .queue import DelayedQueue, PendingQueue
+from .run import Revoke, Runnable, RunPhase
 
 __all__ = ["Dispatcher", "Port", "State"]
 

@@ -38,16 +38,16 @@ import time
 import uuid
 from typing import Any, Final
 
-from . import _inspect
-from ._errors import QueueUnavailableError, SignatureError, TaskCrashError
-from ._metrics import JobMetrics
-from ._policy import backoff_delay
-from ._pool import Pool
-from ._redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
-from ._schedules import fire_due
-from ._signing import Keyring
-from ._spec import MAX_PRIORITY, TaskOptions
-from ._task import Task
+from .._core.metrics import JobMetrics
+from .._core.policy import backoff_delay
+from .._errors import QueueUnavailableError, SignatureError, TaskCrashError
+from .._pool import Pool
+from .._spec import MAX_PRIORITY, TaskOptions
+from .._task import Task
+from . import inspect as _inspect
+from .redis_queue import GROUP, JobOptions, RedisQueue, _now_ms
+from .schedules import fire_due
+from .signing import Keyring
 
 __all__ = ["QueueWorker"]
 

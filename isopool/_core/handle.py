@@ -18,9 +18,10 @@ import itertools
 import os
 from typing import Final, Protocol
 
-from . import _oob, _wire
-from ._errors import ProtocolError
-from ._run import Run, Runnable
+from .._errors import ProtocolError
+from . import oob as _oob
+from . import wire as _wire
+from .run import Run, Runnable
 
 __all__ = ["Pipes", "WorkerHandle", "WorkerPhase"]
 

@@ -19,20 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _oob, _wire
-from ._errors import (
+from .._errors import (
     RestartLimitError,
     SerializationError,
     TaskCrashError,
     TaskTimeoutError,
     serialization_error,
 )
-from ._run import Defer, Runnable
-from ._wire import Payload
+from . import oob as _oob
+from . import wire as _wire
+from .run import Defer, Runnable
+from .wire import Payload
 
 if TYPE_CHECKING:
-    from ._policy import Exit, RestartIntensity
-    from ._process import ExitInfo
+    from .policy import Exit, RestartIntensity
+    from .process import ExitInfo
 
 __all__ = ["Defer", "Kind", "Outcome", "resolve"]
 

@@ -59,9 +59,10 @@ import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
 
-from . import _oob, _wire
-from ._errors import Shutdown
-from ._reaper import EXIT_PIPE_LOST
+from .._errors import Shutdown
+from . import oob as _oob
+from . import wire as _wire
+from .reaper import EXIT_PIPE_LOST
 
 __all__ = [
     "BATCH_DONE",
@@ -628,7 +629,7 @@ _resolved: dict[str, Callable[..., object]] = {}
 def _resolve(name: str) -> Callable[..., object]:
     fn = _resolved.get(name)
     if fn is None:
-        from ._spec import resolve_function
+        from .._spec import resolve_function
 
         fn = _resolved[name] = resolve_function(name)
     return fn

@@ -53,7 +53,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
-from . import _oob
+from . import oob as _oob
 
 __all__ = [
     "BAD_PAYLOAD",
@@ -272,7 +272,7 @@ class FrameReader:
             or kind not in _KINDS
             or (self._cookie is not None and flags != self._cookie)
         ):
-            from ._errors import ProtocolError
+            from .._errors import ProtocolError
 
             raise ProtocolError(
                 f"a malformed frame header (version {version}, kind {kind}, flags {flags:#06x})"

@@ -12,7 +12,7 @@ import collections
 import random
 from typing import Final, Literal
 
-from ._spec import Restart
+from .._spec import Restart
 
 __all__ = ["MAX_BACKOFF", "Exit", "RestartIntensity", "backoff_delay", "should_restart"]
 

@@ -18,18 +18,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from . import _wire
-from ._errors import (
+from .._core import wire as _wire
+from .._errors import (
     JobNotFoundError,
     QueueUnavailableError,
     RestartLimitError,
     SignatureError,
     TaskCrashError,
 )
-from ._redis_connect import _redact as redact
-from ._redis_connect import _unreachable_errors
-from ._signing import Keyring
-from ._spec import (
+from .._spec import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
     check_duration,
@@ -41,6 +38,9 @@ from ._spec import (
     parse_memory_limit,
     resolve_function,
 )
+from .redis_connect import _redact as redact
+from .redis_connect import _unreachable_errors
+from .signing import Keyring
 
 __all__ = [
     "FINAL",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import QueueUnavailableError
+from .._errors import QueueUnavailableError
 
 if TYPE_CHECKING:
     import redis

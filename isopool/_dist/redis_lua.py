@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._schedules import SCHEDULE_SCRIPTS
+from .schedules import SCHEDULE_SCRIPTS
 
 __all__ = ["SCRIPTS"]
 

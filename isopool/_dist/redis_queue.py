@@ -65,14 +65,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import (
+from .._errors import (
     QueueUnavailableError,
 )
-from ._redis_common import FINAL as FINAL
-from ._redis_common import GROUP as GROUP
-from ._redis_common import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
-from ._redis_common import POLL_CAP, UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, text
-from ._redis_connect import (
+from .._spec import MAX_PRIORITY, check_duration, check_positive_int, check_seconds
+from .redis_common import FINAL as FINAL
+from .redis_common import GROUP as GROUP
+from .redis_common import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from .redis_common import POLL_CAP, UNIQUE_ROUNDS, WAKE_TTL, JobOptions, QueueBase, text
+from .redis_connect import (
     SOCKET_TIMEOUT,
     _is_cluster_client,
     _naming_database,
@@ -82,11 +83,10 @@ from ._redis_connect import (
     _warn_if_volatile,
     is_cluster_url,
 )
-from ._redis_connect import connect as _connect
-from ._redis_lua import SCRIPTS as _SCRIPTS
-from ._schedules import Schedule
-from ._signing import Keyring
-from ._spec import MAX_PRIORITY, check_duration, check_positive_int, check_seconds
+from .redis_connect import connect as _connect
+from .redis_lua import SCRIPTS as _SCRIPTS
+from .schedules import Schedule
+from .signing import Keyring
 
 if TYPE_CHECKING:
     import redis
@@ -290,19 +290,19 @@ class RedisQueue(QueueBase):
         Raises:
             ValueError: a bad cron expression, naming the field, or unknown zone.
         """
-        from ._schedules import define
+        from .schedules import define
 
         return define(self, cron, fn, args, kwargs, self._options, name, tz)
 
     def unschedule(self, name: str) -> bool:
         """Remove schedule ``name``; True if it existed (its jobs stay)."""
-        from ._schedules import remove
+        from .schedules import remove
 
         return remove(self, name)
 
     def schedules(self) -> list[Schedule]:
         """The queue's schedules with their next run times, soonest first."""
-        from ._schedules import list_schedules
+        from .schedules import list_schedules
 
         return list_schedules(self)
 
@@ -566,7 +566,7 @@ class QueueOptions:
         **kwargs: object,
     ) -> Schedule:
         """As ``RedisQueue.schedule``, each tick's job with this view's options."""
-        from ._schedules import define
+        from .schedules import define
 
         return define(self._queue, cron, fn, args, kwargs, self.job_options, name, tz)
 

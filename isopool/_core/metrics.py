@@ -23,7 +23,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import TaskCrashError, TaskTimeoutError
+from .._errors import TaskCrashError, TaskTimeoutError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

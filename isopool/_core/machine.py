@@ -45,14 +45,15 @@ import logging
 import signal
 from typing import Final
 
-from . import _oob, _wire
-from ._dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
-from ._errors import BrokenPoolError, ProtocolError
-from ._handle import WorkerHandle, WorkerPhase
-from ._outcome import Kind, Outcome
-from ._policy import backoff_delay, should_restart
-from ._process import decode_exit
-from ._run import Answer, Revoke, Runnable, StopRequest
+from .._errors import BrokenPoolError, ProtocolError
+from . import oob as _oob
+from . import wire as _wire
+from .dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
+from .handle import WorkerHandle, WorkerPhase
+from .outcome import Kind, Outcome
+from .policy import backoff_delay, should_restart
+from .process import decode_exit
+from .run import Answer, Revoke, Runnable, StopRequest
 
 __all__ = ["Machine", "Port", "State"]
 

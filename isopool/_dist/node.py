@@ -29,8 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ._queue_worker import QueueWorker
-from ._redis_queue import JobOptions, RedisQueue
+from .queue_worker import QueueWorker
+from .redis_queue import JobOptions, RedisQueue
 
 __all__ = ["NODES_KEY", "Node", "SupervisorSpec", "alive_key", "fingerprint", "queue_name"]
 
@@ -222,6 +222,6 @@ class Node:
 
 
 def _version() -> str:
-    from ._version import __version__
+    from .._version import __version__
 
     return __version__

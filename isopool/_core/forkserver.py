@@ -100,8 +100,8 @@ import sys
 import time
 from typing import Any, Final, NoReturn
 
-from . import _reaper
-from ._worker import Initializer
+from . import reaper as _reaper
+from .worker import Initializer
 
 __all__ = [
     "CONFIG",
@@ -321,13 +321,13 @@ def _forget_parent_multiprocessing() -> None:
 def _preload(has_fds: bool) -> None:
     import cloudpickle  # noqa: F401 - imported once here so workers start with it
 
-    from . import _errors, _spec, _worker  # noqa: F401 - same reason
+    from . import worker as _worker  # noqa: F401 - same reason
 
     if has_fds:  # the initializer holds multiprocessing objects: what they need
         import multiprocessing.forkserver
         import multiprocessing.synchronize  # noqa: F401
 
-        from . import _share  # noqa: F401
+        from . import share as _share  # noqa: F401
 
 
 class _Server:
@@ -431,7 +431,7 @@ class _Server:
         try:  # in the worker: never return into the server's loop
             self._set_up_worker()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            from ._worker import serve
+            from .worker import serve
 
             call_fd, result_fd, control_fd = fds
             serve(call_fd, result_fd, max_tasks, self.initializer, control_fd)

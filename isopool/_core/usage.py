@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._wire import USAGE
+from .wire import USAGE
 
 __all__ = ["Usage", "usage_of"]
 

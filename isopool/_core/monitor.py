@@ -54,13 +54,15 @@ import threading
 import time
 from typing import Final, cast
 
-from . import _oob, _wire
-from ._errors import BrokenPoolError, ProtocolError
-from ._handle import WorkerHandle
-from ._machine import Machine, State
-from ._metrics import RunTimings
-from ._outcome import Outcome, resolve
-from ._process import (
+from .._errors import BrokenPoolError, ProtocolError
+from .._spec import ShutdownTimeout
+from . import oob as _oob
+from . import wire as _wire
+from .handle import WorkerHandle
+from .machine import Machine, State
+from .metrics import RunTimings
+from .outcome import Outcome, resolve
+from .process import (
     ForkServer,
     WorkerPipes,
     describe_spawn_failure,
@@ -68,10 +70,9 @@ from ._process import (
     limit_hint,
     signal_group,
 )
-from ._resolver import Resolver
-from ._run import Answer, Runnable, StopRequest
-from ._share import InitPayload
-from ._spec import ShutdownTimeout
+from .resolver import Resolver
+from .run import Answer, Runnable, StopRequest
+from .share import InitPayload
 
 __all__ = ["Monitor", "State"]
 
