@@ -52,6 +52,7 @@ import select
 import signal
 import threading
 import time
+import weakref
 from typing import Final, cast
 
 from .._errors import BrokenPoolError, ProtocolError
@@ -410,6 +411,7 @@ class Monitor:
             server.close(timeout=5.0)
         self._epoll.close()
         self._resolver.close()
+        self._initializer = None  # its initargs (multiprocessing objects) are not needed now
         # The wake-up pipe stays open until the Monitor is collected: another thread
         # may still call _wake(), and a closed fd number could be reused by a file.
 
@@ -444,7 +446,10 @@ class _Port:
     """
 
     def __init__(self, monitor: Monitor) -> None:
-        self._monitor = monitor
+        # A proxy, not a reference: the monitor holds the machine, which holds this port,
+        # and a cycle would keep a dropped pool (and the multiprocessing objects in its
+        # initargs, whose semaphores the resource tracker counts) until the cyclic GC.
+        self._monitor: Monitor = weakref.proxy(monitor)
 
     def new_worker(self, worker_id: int) -> WorkerHandle:
         """Make a worker's pipes and handle, and watch its result pipe."""
