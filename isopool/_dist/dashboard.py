@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from .._errors import QueueUnavailableError
 from . import inspect as _inspect
+from .redis_common import LUA_EPOCH_CHECK
 
 __all__ = ["create_app"]
 
@@ -66,14 +67,14 @@ _HEADERS: Final = [
 
 # KEYS: epoch dead job   ARGV: epoch entry id
 # Delete one dead letter: its entry in the dead stream and, if it is still dead, its job.
-_LUA_DELETE_DEAD = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
-end
+_LUA_DELETE_DEAD = (
+    LUA_EPOCH_CHECK
+    + """
 local gone = redis.call('XDEL', KEYS[2], ARGV[2])
 if redis.call('HGET', KEYS[3], 'status') == 'dead' then redis.call('DEL', KEYS[3]) end
 return gone
 """
+)
 
 
 class _SecurityHeaders:

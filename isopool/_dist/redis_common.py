@@ -53,6 +53,14 @@ __all__ = [
     "text",
 ]
 
+# The first lines of every Lua script of a queue (its own, the schedules', the
+# dashboard's): KEYS[1] is the epoch key and ARGV[1] its value; a server that lost the
+# queue's state says so instead of acting on what is left.
+LUA_EPOCH_CHECK: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
+end
+"""
 GROUP: Final = "workers"
 FINAL: Final = frozenset({"done", "failed", "dead", "cancelled"})
 WAKE_TTL: Final = 300  # seconds a result wake-up token lives

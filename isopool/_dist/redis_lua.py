@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from .redis_common import LUA_EPOCH_CHECK
 from .schedules import SCHEDULE_SCRIPTS
 
 __all__ = ["SCRIPTS"]
@@ -39,11 +40,7 @@ __all__ = ["SCRIPTS"]
 # the ones a worker calls check that it owns the job's entry in the pending list.
 # Every script starts with KEYS[1] = the epoch key and ARGV[1] = the epoch.
 
-_LUA_EPOCH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
-end
-"""
+_LUA_EPOCH = LUA_EPOCH_CHECK
 
 # The helpers of the worker's scripts; they take every key they touch as an argument.
 _LUA_WORKER = (

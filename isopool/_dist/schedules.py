@@ -36,6 +36,7 @@ from .._core import wire as _wire
 from .._errors import SignatureError
 from .._spec import describe_function, resolve_function
 from .cron import Cron
+from .redis_common import LUA_EPOCH_CHECK
 
 if TYPE_CHECKING:
     from .redis_queue import JobOptions, RedisQueue
@@ -46,11 +47,7 @@ log = logging.getLogger(__name__)
 
 _FIRE_BATCH: Final = 20  # due schedules one look fires at most
 
-_EPOCH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('ISOPOOL_EPOCH queue state lost')
-end
-"""
+_EPOCH = LUA_EPOCH_CHECK
 
 # KEYS: epoch schedule schedules   ARGV: epoch name cron zone call fn options digest next
 _LUA_DEFINE = (
