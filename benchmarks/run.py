@@ -9,9 +9,10 @@ Each (scenario, peer) measurement runs in its own subprocess,
 ``run.py --one SCENARIO PEER``, which prints one JSON line. That subprocess leads its
 own session and has a hard time limit: a peer that hangs is killed (its whole
 session, process by process) and reported as "timeout", never waited for. Peers are
-interleaved: each repeat measures every peer once, so a slow phase of the machine
-hits them all alike. Each figure is the median of the repeats, printed with its min
-and max, and compared with isopool's median in the same run.
+interleaved: each repeat measures every peer once, in an order rotated by one each
+repeat, so a slow phase of the machine hits them all alike. Each figure is the
+median of the repeats, printed with its min and max, and compared with isopool's
+median in the same run.
 """
 
 from __future__ import annotations
@@ -197,13 +198,30 @@ def describe(record):
     return f"{record['status']}: {record.get('reason', '')}"
 
 
+def rotated(plan, by):
+    """``plan`` with the peers of each scenario rotated ``by`` places (scenarios kept in order)."""
+    groups = {}
+    for scenario, peer_name in plan:
+        groups.setdefault(scenario.name, []).append((scenario, peer_name))
+    order = []
+    for group in groups.values():
+        shift = by % len(group)
+        order.extend(group[shift:] + group[:shift])
+    return order
+
+
 def run_all(plan, repeats, quick):
-    """Measure ``plan`` (scenario, peer) pairs ``repeats`` times, interleaving peers."""
+    """Measure ``plan`` (scenario, peer) pairs ``repeats`` times, interleaving peers.
+
+    Each repeat measures every peer of a scenario once, in an order rotated by one
+    from the repeat before: no peer always runs first (after a pause, on a cold cache)
+    or right after the same neighbour.
+    """
     results = {}
     total = len(plan) * repeats
     done = 0
     for repeat in range(repeats):
-        for scenario, peer_name in plan:
+        for scenario, peer_name in rotated(plan, repeat):
             done += 1
             record = measure(scenario, peer_name, quick)
             results.setdefault(scenario.name, {}).setdefault(peer_name, []).append(record)
