@@ -162,6 +162,46 @@ def test_pool_collector_histogram_counts_match_runs(make_pool):
         assert value(text, f"{name}_sum", pool="many") > 0
 
 
+def test_histogram_batch_counts_as_one_observe_per_value():
+    """observe_many (the monitor's batched path) buckets exactly like observe, bounds too."""
+    from array import array
+
+    from isopool._core.metrics import DEFAULT_BUCKETS, Histogram
+
+    values = [0.0, 1e-9, *DEFAULT_BUCKETS, *(b * 1.0001 for b in DEFAULT_BUCKETS), 1e9]
+    one, batch = Histogram(), Histogram()
+    for v in values:
+        one.observe(v)
+    batch.observe_many(array("d", values[:7]))
+    batch.observe_many(array("d"))
+    batch.observe_many(array("d", values[7:]))
+    assert batch.counts == one.counts
+    assert sum(batch.counts) == len(values)
+    assert batch.sum == pytest.approx(one.sum)
+
+
+def test_pool_collector_folds_past_a_batch_and_at_each_scrape(make_pool):
+    """More runs than one fold batch: every run counted once, none lost between folds."""
+    from isopool._core.metrics import RunTimings
+
+    registry = CollectorRegistry()
+    pool = make_pool(2, name="folds")
+    pool.metrics(registry)
+    n = RunTimings.FOLD_AT + 300
+    first = list(pool.map(abs, range(-10, 0)))
+    assert first == list(range(10, 0, -1))
+    assert value(scrape(registry), "isopool_task_duration_seconds_count", pool="folds") == 10
+    for task in [pool.submit(abs, -i) for i in range(n)]:
+        task.result(timeout=60)
+    assert wait_for(lambda: pool.stats()["completed"] == n + 10)
+    held = len(pool._monitor._machine.durations)
+    assert held < RunTimings.FOLD_AT  # the monitor folded a full batch by itself
+    text = scrape(registry)
+    for name in ("isopool_task_duration_seconds", "isopool_task_queue_wait_seconds"):
+        assert value(text, f"{name}_count", pool="folds") == n + 10
+        assert buckets(text, name, "folds")[-1] == (float("inf"), n + 10)
+
+
 def test_pool_collector_gauges_show_pending_and_running(make_pool):
     """While one task runs and two wait, the gauges say 1 running and 2 pending."""
     registry = CollectorRegistry()

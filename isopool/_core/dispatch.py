@@ -16,6 +16,7 @@ import enum
 import itertools
 import logging
 import signal
+from array import array
 from typing import Final, Protocol
 
 from .._errors import BrokenPoolError, PoolClosedError, ProtocolError
@@ -121,8 +122,11 @@ class Dispatcher:
         self._usage_sums: list[float] = [0.0, 0.0, 0.0, 0, 0, 0, 0]
         self._usage_log = bytearray()
         # Task duration and queue wait histograms: None until a metrics collector asks
-        # for them (Monitor.timings), so a pool without metrics observes nothing.
+        # for them (Monitor.timings), so a pool without metrics observes nothing; with
+        # them, the arrays each run's figures are appended to (RunTimings.fold).
         self.timings: RunTimings | None = None
+        self.durations: array[float] | None = None
+        self.waits: array[float] | None = None
         self.ema: float | None = None  # mean run time of recent tasks, seconds
 
     def start(self) -> None:
@@ -278,8 +282,9 @@ class Dispatcher:
         task._pid = worker.pid
         task._usage = None  # a run that crashes must not show an earlier run's usage
         task.attempts += 1
-        if self.timings is not None and task.attempts == 1:
-            self.timings.queue_wait.observe(now - task._queued_at)
+        waits = self.waits
+        if waits is not None and task.attempts == 1:
+            waits.append(now - task._queued_at)
         timeout = task.options.timeout
         if timeout is not None:
             run.deadline = now + timeout

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
+from array import array
 from typing import Final
 
 from .._errors import BrokenPoolError, ProtocolError
@@ -50,6 +52,7 @@ from . import oob as _oob
 from . import wire as _wire
 from .dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
 from .handle import WorkerHandle, WorkerPhase
+from .metrics import RunTimings
 from .outcome import Kind, Outcome
 from .policy import backoff_delay, should_restart
 from .process import decode_exit
@@ -426,16 +429,28 @@ class Machine(Dispatcher):
             worker.retire()  # it exits by itself after its last call
 
     def _fold_usage(self) -> None:
-        """Add the trailers kept since the last fold to the sums (C loops, not Python)."""
-        columns = list(zip(*_wire.USAGE.iter_unpack(self._usage_log), strict=True))
-        self._usage_log.clear()
-        if not columns:
+        """Add the trailers kept since the last fold to the sums (C loops, not Python).
+
+        A trailer is ``<dddQQQ``: six 8-byte little-endian fields, so the log read as
+        doubles and as unsigned ints gives each column as a strided slice.
+        """
+        log = self._usage_log
+        if not log:
             return
+        reals, ints = array("d"), array("Q")
+        reals.frombytes(log)
+        ints.frombytes(log)
+        if sys.byteorder != "little":
+            reals.byteswap()
+            ints.byteswap()
+        log.clear()
         sums = self._usage_sums
-        for i in (0, 1, 2, 4, 5):
-            sums[i] += sum(columns[i])
-        sums[3] = max(sums[3], *columns[3])
-        sums[6] += len(columns[0])
+        for i in (0, 1, 2):
+            sums[i] += sum(reals[i::6])
+        sums[3] = max(sums[3], max(ints[3::6]))
+        sums[4] += sum(ints[4::6])
+        sums[5] += sum(ints[5::6])
+        sums[6] += len(ints) // 6
 
     def _on_revoked(
         self, worker: WorkerHandle, number: int, ok: bool, now: float, out: list[Outcome]
@@ -495,8 +510,11 @@ class Machine(Dispatcher):
         if task.done():
             return  # settled already (killed while its call was queued): count it once
         self._stats[outcome.stat] += 1
-        if self.timings is not None and started is not None:
-            self.timings.duration.observe(now - started)
+        durations = self.durations
+        if durations is not None and started is not None:
+            durations.append(now - started)
+            if len(durations) >= RunTimings.FOLD_AT:
+                self.timings.fold()  # type: ignore[union-attr]  # set with durations
         restartable = (
             outcome.kind not in (Kind.CANCELLED, Kind.ERROR)
             and task._stop is None  # a killed task is never restarted

@@ -272,9 +272,11 @@ class Monitor:
         """
         with self._lock:
             machine = self._machine
-            if machine.timings is None:
-                machine.timings = RunTimings()
             timings = machine.timings
+            if timings is None:
+                timings = machine.timings = RunTimings()
+                machine.durations, machine.waits = timings.durations, timings.waits
+            timings.fold()
             return {
                 "duration": timings.duration.snapshot(),
                 "queue_wait": timings.queue_wait.snapshot(),

@@ -454,18 +454,24 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
     if memory_limit is not None:
         _set_memory_limit(memory_limit)
     pinned = None
-    start = _usage_start() if measure else None
+    if measure:  # inline, not a call: a tiny task's whole run is a few microseconds
+        if _kids_seen is None:
+            _usage_first()
+        start: resource.struct_rusage | None = _getrusage(_SELF)
+        started = _clock()  # the clock last: the wall time leaves the syscall out
+    else:
+        start = None
     try:
         if cpus is not None:
             pinned = _pin(cpus)  # an OSError here fails the task, not the worker
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        usage = _NOT_RUN if start is None else _usage_since(start)
+        usage = _NOT_RUN if start is None else _usage_since(started, start)
         if memory_limit is not None and isinstance(exc, MemoryError):
             exc.add_note(f"isopool: the task hit its memory_limit of {memory_limit} bytes")
         _send_exception(result_fd, task_id, exc, usage)
     else:
-        usage = _NOT_RUN if start is None else _usage_since(start)
+        usage = _NOT_RUN if start is None else _usage_since(started, start)
         try:
             sharer = _share_result if share else None
             data = _wire.dumps(_oob.wrap(value) if share else value, sharer)
@@ -486,12 +492,13 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
 # -- what a call cost (the USAGE trailer of every reply; see _wire) -------------
 
 _NOT_RUN: Final = _wire.NOT_RUN  # the trailer of a call that never ran: wall < 0
-_UsageStart = tuple[float, resource.struct_rusage]
 
 
 _SELF: Final = resource.RUSAGE_SELF
 _CHILDREN: Final = resource.RUSAGE_CHILDREN
 _pack_usage: Final = _wire.USAGE.pack
+_getrusage: Final = resource.getrusage
+_clock: Final = time.perf_counter
 # This worker's RUSAGE_CHILDREN totals as last read. They change only when the worker
 # reaps a child, which in practice happens during a call: so the end of one call is
 # the start of the next, and a call that reaped nothing costs no children arithmetic
@@ -499,15 +506,14 @@ _pack_usage: Final = _wire.USAGE.pack
 _kids_seen: resource.struct_rusage | None = None
 
 
-def _usage_start() -> _UsageStart:
+def _usage_first() -> None:
+    """Read the children's totals before the first measured call (not the initializer's)."""
     global _kids_seen
-    if _kids_seen is None:  # the first call: after the initializer, which is not counted
-        _kids_seen = resource.getrusage(_CHILDREN)
-    return time.perf_counter(), resource.getrusage(_SELF)
+    _kids_seen = _getrusage(_CHILDREN)
 
 
-def _usage_since(start: _UsageStart) -> bytes:
-    """The USAGE trailer for a call that began at ``start``.
+def _usage_since(started: float, own0: resource.struct_rusage) -> bytes:
+    """The USAGE trailer for a call that began at ``started`` (the clock), ``own0``.
 
     Deltas of this process plus its reaped children, and the high-water mark of
     their RSS (ru_maxrss is in KiB on Linux). Every counter only grows (the kernel's
@@ -515,10 +521,10 @@ def _usage_since(start: _UsageStart) -> bytes:
     struct_rusage's 0 utime, 1 stime, 2 maxrss, 14 nvcsw, 15 nivcsw.
     """
     global _kids_seen
-    wall = time.perf_counter() - start[0]
-    own = resource.getrusage(_SELF)
-    kids = resource.getrusage(_CHILDREN)
-    own0, kids0 = start[1], _kids_seen
+    wall = _clock() - started
+    own = _getrusage(_SELF)
+    kids = _getrusage(_CHILDREN)
+    kids0 = _kids_seen
     rss = own[2] if own[2] > kids[2] else kids[2]
     if kids == kids0 or kids0 is None:  # no child reaped: the usual case
         return _pack_usage(
