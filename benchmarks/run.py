@@ -449,7 +449,8 @@ def make_plan(args):
     skipped = {name: peers.ALL_PEERS[name].missing() for name in wanted}
     available = [name for name in wanted if not skipped[name]]
     plan = []
-    default_scenarios = ["submit", "latency"] if args.overhead else list(scenarios.SCENARIOS)
+    overhead = ["submit", "latency", "observe-cost"]
+    default_scenarios = overhead if args.overhead else list(scenarios.SCENARIOS)
     for name in args.scenario or default_scenarios:
         scenario = scenarios.SCENARIOS[name]
         names = available if scenario.per_peer else [NO_PEER]

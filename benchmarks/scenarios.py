@@ -50,6 +50,9 @@ class Sizes:
     floor_forks: int = 200
     hol_tiny_tasks: int = 2_000
     hol_slow_seconds: float = 1.0
+    observe_rounds: int = 30
+    observe_burst: int = 3_000
+    observe_calls: int = 200
 
 
 FULL = Sizes()
@@ -67,6 +70,9 @@ QUICK = Sizes(
     floor_forks=30,
     hol_tiny_tasks=200,
     hol_slow_seconds=0.3,
+    observe_rounds=3,
+    observe_burst=500,
+    observe_calls=50,
 )
 MAP_CHUNKSIZES = (1, 100, 1000)
 
@@ -276,6 +282,115 @@ def latency(peer, sizes):
         "p99_us": percentile(times, 0.99) * 1e6,
         "cpu_us_per_call": cpu / sizes.latency_calls * 1e6,
     }
+
+
+# -- 4b. what observing costs, paired ------------------------------------------------------
+
+OBSERVE_ARMS = ("lean", "usage", "observed")
+
+
+def _observe_pools(workers):
+    """Three isopool pools side by side: usage and metrics off, usage on, both on.
+
+    The third exports to a registry of its own through ``pool.metrics``; nothing
+    scrapes it during the measurement (a scrape costs per second, not per task: it
+    is timed on its own, ``scrape_ms``).
+    """
+    import threading
+
+    import isopool
+
+    # The first pool of a single-threaded process gets a fork server forked from it,
+    # the later ones (made once the first one's monitor thread runs) one started
+    # afresh: workers of the two kinds differ in round-trip time. An idle thread
+    # first gives all three arms the same kind.
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, name="bench-idle", daemon=True).start()
+    pools = {"lean": isopool.Pool(workers, usage=False), "usage": isopool.Pool(workers)}
+    registry = None
+    try:
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        pools["observed"] = isopool.Pool(workers, name="observed")
+        pools["observed"].metrics(registry)
+    except ImportError:
+        pass  # without prometheus_client the observed arm is "n/a"
+    return pools, registry
+
+
+def _rotations(names, rounds):
+    """``rounds`` orders of ``names``, each rotated by one from the last."""
+    for i in range(rounds):
+        shift = i % len(names)
+        yield names[shift:] + names[:shift]
+
+
+def observe_cost(_peer, sizes):
+    """Submit throughput and p50 round trip with usage and metrics off and on, paired.
+
+    The three pools live in one process and take turns: throughput in bursts of
+    ``observe_burst`` no-op tasks, ``observe_rounds`` rounds, each arm once a round in
+    rotated order; latency likewise, ``observe_calls`` round trips an arm a round. A
+    slow phase of the machine then hits every arm alike, and each arm's throughput
+    and p50 are compared with the lean arm's in the same round (the change is the
+    median of those per-round ratios), which is steadier than two medians taken
+    minutes apart.
+    """
+    workers = worker_count()
+    pools, registry = _observe_pools(workers)
+    names = [name for name in OBSERVE_ARMS if name in pools]
+    try:
+        for pool in pools.values():
+            wait_all([pool.submit(tasks.noop) for _ in range(50 * workers)])
+        rates = {name: [] for name in names}
+        for order in _rotations(names, sizes.observe_rounds):
+            for name in order:
+                pool = pools[name]
+                start = time.perf_counter()
+                wait_all([pool.submit(tasks.noop) for _ in range(sizes.observe_burst)])
+                rates[name].append(sizes.observe_burst / (time.perf_counter() - start))
+        times = {name: [] for name in names}  # one list of round trips per round
+        for order in _rotations(names, sizes.observe_rounds):
+            for name in order:
+                pool = pools[name]
+                pool.submit(tasks.noop).result(timeout=WAIT)  # its turn: warm it again
+                trips = []
+                for _ in range(sizes.observe_calls):
+                    start = time.perf_counter()
+                    pool.submit(tasks.noop).result(timeout=WAIT)
+                    trips.append(time.perf_counter() - start)
+                times[name].append(trips)
+        scrape = None
+        if registry is not None:
+            from prometheus_client import generate_latest
+
+            scrape = min(_time_once(lambda: generate_latest(registry)) for _ in range(20))
+            if b"isopool_tasks_total" not in generate_latest(registry):
+                raise AssertionError("the observed pool exported no isopool_tasks_total")
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    values = {}
+    p50s = {name: [percentile(trips, 0.5) for trips in times[name]] for name in names}
+    for name in names:
+        values[f"{name}_tasks_per_s"] = statistics.median(rates[name])
+        every = [t for trips in times[name] for t in trips]
+        values[f"{name}_p50_us"] = percentile(every, 0.5) * 1e6
+        if name != "lean":
+            paired = [r / base for r, base in zip(rates[name], rates["lean"], strict=True)]
+            values[f"{name}_submit_change_pct"] = (statistics.median(paired) - 1) * 100
+            paired = [p / base for p, base in zip(p50s[name], p50s["lean"], strict=True)]
+            values[f"{name}_p50_change_pct"] = (statistics.median(paired) - 1) * 100
+    if scrape is not None:
+        values["scrape_ms"] = scrape * 1e3
+    return values
+
+
+def _time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 # -- 5. CPU-bound scaling ------------------------------------------------------------------
@@ -745,6 +860,30 @@ SCENARIOS = {
                 lower("cpu_us_per_call", "CPU microseconds per call (all processes)", "{:,.0f}"),
             ),
             limits=(30, 120),
+        ),
+        Scenario(
+            "observe-cost",
+            "what observing costs: isopool with usage and metrics off, usage on, both on, paired",
+            observe_cost,
+            (
+                shown("lean_tasks_per_s", "lean (usage=False, no metrics): tasks/s", "{:,.0f}"),
+                shown("usage_tasks_per_s", "usage on: submit tasks/s", "{:,.0f}"),
+                shown("observed_tasks_per_s", "usage and metrics on: submit tasks/s", "{:,.0f}"),
+                shown("usage_submit_change_pct", "usage on: submit rate change, %", "{:+.1f}"),
+                shown(
+                    "observed_submit_change_pct",
+                    "usage and metrics on: submit throughput change, %",
+                    "{:+.1f}",
+                ),
+                shown("lean_p50_us", "lean: p50 round trip, us", "{:,.0f}"),
+                shown("usage_p50_us", "usage on: p50 round trip, us", "{:,.0f}"),
+                shown("observed_p50_us", "usage and metrics on: p50 round trip, us", "{:,.0f}"),
+                shown("usage_p50_change_pct", "usage on: p50 change, %", "{:+.1f}"),
+                shown("observed_p50_change_pct", "usage and metrics on: p50 change, %", "{:+.1f}"),
+                shown("scrape_ms", "one scrape of the observed pool's registry, ms", "{:.2f}"),
+            ),
+            per_peer=False,
+            limits=(60, 240),
         ),
         Scenario(
             "cpu",
