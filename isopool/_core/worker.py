@@ -15,10 +15,11 @@ channel; bytes a task writes there anyway lack the worker's cookie and are repor
 
 Every reply ends with the USAGE trailer (``_wire``): wall time, CPU and context
 switches of this process and its reaped children, measured just around the task's
-function (``getrusage``: SELF before, SELF and CHILDREN after; about 3.5 us a call
-where syscalls are slow, as in a VM), and the RSS high-water mark; a pool made with
-``usage=False`` sends ``NOT_RUN`` instead and makes none of those calls. A call that
-carries ``cpus`` runs with this process's affinity set to them, restored after it.
+function (``getrusage``: SELF before, SELF and CHILDREN after; about 1 us each where
+syscalls are slow, as in a VM, up to 3 us for the first after a wake-up), and the RSS
+high-water mark; a pool made with ``usage=False`` sends ``NOT_RUN`` instead and makes
+none of those calls. A call that carries ``cpus`` runs with this process's affinity
+set to them, restored after it.
 
 What the worker does with each failure, so that the parent can pin it on one task:
 
