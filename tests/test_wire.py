@@ -116,6 +116,22 @@ def test_frame_reader_large_payload_in_chunks_arrives_whole():
     assert frames == [(_wire.RESULT, 5, payload)]
 
 
+def test_frame_reader_copies_what_it_keeps_so_the_buffer_can_be_reused():
+    """Readers feed views of one reused buffer: a frame split across two reads is intact."""
+    data = frame(_wire.RESULT, 1, b"alpha") + frame(_wire.RESULT, 2, b"bravo-charlie")
+    cut = len(data) - 4
+    scratch = bytearray(64)
+    view = memoryview(scratch)
+    reader = FrameReader()
+    scratch[:cut] = data[:cut]
+    first = reader.feed(view[:cut])
+    scratch[:] = b"\xff" * len(scratch)  # the next read overwrites the buffer
+    scratch[:4] = data[cut:]
+    second = reader.feed(view[:4])
+    assert first + second == [(_wire.RESULT, 1, b"alpha"), (_wire.RESULT, 2, b"bravo-charlie")]
+    assert all(type(payload) is bytes for _kind, _id, payload in first + second)
+
+
 @pytest.mark.parametrize(
     ("version", "kind"),
     [(_wire.VERSION + 1, _wire.RESULT), (0, _wire.RESULT), (_wire.VERSION, 0), (_wire.VERSION, 99)],

@@ -16,6 +16,7 @@ import contextlib
 import enum
 import itertools
 import os
+import threading
 from typing import Final, Protocol
 
 from .._errors import ProtocolError
@@ -25,7 +26,21 @@ from .run import Run, Runnable
 
 __all__ = ["Pipes", "WorkerHandle", "WorkerPhase"]
 
-_READ_SIZE: Final = 1 << 20
+# What one read of a result pipe takes at most, into a buffer each reading thread keeps
+# (``os.read(fd, n)`` would allocate n bytes each time: at 1 MiB, glibc maps and unmaps
+# them, three syscalls and a TLB shootdown per read in a threaded process). Frames of
+# 256 KiB or more are read straight into their own buffer (``FrameReader.room``).
+_READ_SIZE: Final = 64 * 1024
+
+
+class _Scratch(threading.local):
+    """A reading thread's buffer: ``FrameReader.feed`` copies what it keeps out of it."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_READ_SIZE))
+
+
+_scratch = _Scratch()
 _SMALL_FRAME: Final = 65536  # below this, header and payload are joined (one iovec)
 _IOV_MAX: Final = 512  # iovecs per writev, well under Linux's 1024
 
@@ -176,12 +191,16 @@ class WorkerHandle:
                     written = 0
         return bool(out)
 
-    def read(self) -> tuple[list[_wire.Frame], bool, ProtocolError | None]:
+    def read(self, drain: bool = True) -> tuple[list[_wire.Frame], bool, ProtocolError | None]:
         """Read what the worker wrote: (whole frames, whether EOF was reached, error).
 
         A large frame is read straight into its own buffer (no intermediate copies).
         ``error`` is the ProtocolError of a malformed frame; the whole frames before it
         are still returned, so a worker's last good reply is never lost.
+        ``drain``: read until the pipe is empty (EAGAIN) or at EOF; without it, a read
+        shorter than the buffer (the pipe had no more) ends it, one syscall fewer,
+        which the monitor's level-triggered epoll makes safe: more data, or the EOF,
+        is reported again.
         """
         frames: list[_wire.Frame] = []
         reader, fd = self.reader, self.pipes.result_r
@@ -194,15 +213,18 @@ class WorkerHandle:
                         frames.extend(reader.filled(count))
                         continue
                     return frames, True, None
-                data = os.read(fd, _READ_SIZE)
+                view = _scratch.view
+                count = os.readv(fd, [view])
             except BlockingIOError:
                 return frames, False, None
             except OSError:
                 return frames, True, None
-            if not data:
+            if not count:
                 return frames, True, None
             try:
-                frames.extend(reader.feed(data))
+                frames.extend(reader.feed(view[:count]))
             except ProtocolError as exc:
                 frames.extend(getattr(exc, "frames", ()))
                 return frames, False, exc
+            if not drain and count < len(view):
+                return frames, False, None

@@ -332,7 +332,7 @@ class Monitor:
         kind, worker = self._fds.get(fd, (-1, None))
         if kind != _RESULT or worker is None or worker.finalized:
             return None
-        return (worker, *worker.read())
+        return (worker, *worker.read(drain=False))
 
     def _on_event_locked(self, fd: int, now: float, out: list[Outcome]) -> None:
         kind, worker = self._fds.get(fd, (-1, None))

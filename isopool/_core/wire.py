@@ -212,8 +212,10 @@ class FrameReader:
         self._big, self._fill = None, 0
         return [(kind, task_id, big)]
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add ``data`` and return every frame it completes, as (kind, task id, payload).
+
+        ``data`` is copied: the caller may reuse its buffer once this returns.
 
         Raises:
             ProtocolError: a header has the wrong version, kind or cookie.
