@@ -126,6 +126,8 @@ COOKIE: Final = struct.Struct("<HI")
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).
+# Searched for with ``data.find``, not ``in``: ``bytes in bytes`` first tries the left
+# side as an integer, which raises (and formats) a TypeError inside every search.
 _MAIN_REF: Final = b"__main__"
 
 
@@ -321,7 +323,7 @@ def dumps(obj: object, share: Sharer | None = None) -> bytes:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=collector)
     except Exception:
         data = b""
-    if not data or _MAIN_REF in data:
+    if not data or data.find(_MAIN_REF) >= 0:
         import cloudpickle
 
         collector = _oob.Collector() if share else None
@@ -440,7 +442,7 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, BaseException | None]:
         buffer = io.BytesIO()
         _ExceptionPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((exc, tb))
         data = buffer.getvalue()
-        if _MAIN_REF not in data:
+        if data.find(_MAIN_REF) < 0:
             return data, None
     except BaseException:
         pass
