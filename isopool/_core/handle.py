@@ -26,18 +26,12 @@ from .run import Run, Runnable
 
 __all__ = ["Pipes", "WorkerHandle", "WorkerPhase"]
 
-# What one read of a result pipe takes at most, into a buffer each reading thread keeps
-# (``os.read(fd, n)`` would allocate n bytes each time: at 1 MiB, glibc maps and unmaps
-# them, three syscalls and a TLB shootdown per read in a threaded process). Frames of
-# 256 KiB or more are read straight into their own buffer (``FrameReader.room``).
-_READ_SIZE: Final = 64 * 1024
-
 
 class _Scratch(threading.local):
-    """A reading thread's buffer: ``FrameReader.feed`` copies what it keeps out of it."""
+    """A reading thread's buffer (see ``_wire.READ_SIZE``); ``feed`` copies out of it."""
 
     def __init__(self) -> None:
-        self.view = memoryview(bytearray(_READ_SIZE))
+        self.view = memoryview(bytearray(_wire.READ_SIZE))
 
 
 _scratch = _Scratch()

@@ -65,6 +65,7 @@ __all__ = [
     "INIT_FAILED",
     "MAX_PAYLOAD",
     "NOT_RUN",
+    "READ_SIZE",
     "REPLIES",
     "RESULT",
     "REVOKE",
@@ -123,6 +124,13 @@ REVOKE: Final = struct.Struct("<Q")
 # parent -> worker, first on the control pipe: the 16-bit cookie of pack_header and the
 # parent's pid (whose slabs, see _oob, the worker may be lent).
 COOKIE: Final = struct.Struct("<HI")
+
+# What one read of a pipe takes at most, into a buffer its reader keeps (the worker one
+# for its life, the parent one per reading thread): ``os.read(fd, n)`` would allocate n
+# bytes each time, and at 1 MiB glibc maps, shrinks and unmaps them (three syscalls and
+# two page faults a read, and a TLB shootdown in a threaded process). Frames of
+# ``_LARGE`` bytes or more are read straight into their own buffer (``FrameReader.room``).
+READ_SIZE: Final = 64 * 1024
 
 # Marks where a pickle refers to the caller's __main__ module by name: the worker's
 # __main__ is not the caller's, so such a pickle must be redone by value (cloudpickle).

@@ -75,12 +75,7 @@ __all__ = [
     "serve",
 ]
 
-# One read of the call pipe takes at most this, into one buffer kept for the worker's
-# life: ``os.read(fd, n)`` would allocate n bytes a call (at 1 MiB glibc maps and unmaps
-# them: three syscalls and two page faults a call). Calls of 256 KiB or more are read
-# straight into their own buffer (``FrameReader.room``).
-_READ_SIZE: Final = 64 * 1024
-_scratch = memoryview(bytearray(_READ_SIZE))
+_scratch = memoryview(bytearray(_wire.READ_SIZE))  # the call pipe's read buffer, kept
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
 # How long an exiting worker waits for the parent to release its last results' memfds:
 # the parent does so as it reads each reply, so this bounds only a parent that hangs.
