@@ -56,6 +56,21 @@ def scrape(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
 
 
+def scrape_settled(registry: CollectorRegistry, pool: str, runs: int) -> str:
+    """A scrape once ``runs`` durations are counted: the monitor counts a run's
+    duration just after it settles the run's future (off the caller's wait), so a
+    scrape made the moment ``result()`` returns may be a few microseconds early."""
+    text = ""
+
+    def counted() -> bool:
+        nonlocal text
+        text = scrape(registry)
+        return value(text, "isopool_task_duration_seconds_count", pool=pool) == runs
+
+    assert wait_for(counted), value(text, "isopool_task_duration_seconds_count", pool=pool)
+    return text
+
+
 def outcome_counts(text: str, pool: str) -> dict[str, float]:
     return {o: value(text, "isopool_tasks_total", pool=pool, outcome=o) for o in OUTCOMES}
 
@@ -100,7 +115,7 @@ def test_pool_collector_task_counts_under_its_outcome(make_pool, submit, outcome
     task = submit(pool)
     with pytest.raises(error) if error is not None else contextlib.nullcontext():
         task.result(timeout=30)
-    text = scrape(registry)
+    text = scrape_settled(registry, "one", 1)
     expected = {o: (1.0 if o == outcome else 0.0) for o in OUTCOMES}
     assert outcome_counts(text, "one") == expected
     assert value(text, "isopool_task_duration_seconds_count", pool="one") == 1.0
@@ -150,7 +165,7 @@ def test_pool_collector_histogram_counts_match_runs(make_pool):
     tasks += [pool.submit(_tasks.raise_value_error) for _ in range(5)]
     for task in tasks:
         task.exception(timeout=30)
-    text = scrape(registry)
+    text = scrape_settled(registry, "many", 45)
     ended = sum(outcome_counts(text, "many").values())
     assert ended == 45
     for name in ("isopool_task_duration_seconds", "isopool_task_queue_wait_seconds"):
@@ -190,16 +205,60 @@ def test_pool_collector_folds_past_a_batch_and_at_each_scrape(make_pool):
     n = RunTimings.FOLD_AT + 300
     first = list(pool.map(abs, range(-10, 0)))
     assert first == list(range(10, 0, -1))
-    assert value(scrape(registry), "isopool_task_duration_seconds_count", pool="folds") == 10
+    scrape_settled(registry, "folds", 10)
     for task in [pool.submit(abs, -i) for i in range(n)]:
         task.result(timeout=60)
     assert wait_for(lambda: pool.stats()["completed"] == n + 10)
     held = len(pool._monitor._machine.durations)
     assert held < RunTimings.FOLD_AT  # the monitor folded a full batch by itself
-    text = scrape(registry)
+    text = scrape_settled(registry, "folds", n + 10)
     for name in ("isopool_task_duration_seconds", "isopool_task_queue_wait_seconds"):
         assert value(text, f"{name}_count", pool="folds") == n + 10
         assert buckets(text, name, "folds")[-1] == (float("inf"), n + 10)
+
+
+def test_pool_collector_counts_each_run_of_a_restarted_task(make_pool, tmp_path):
+    """A transient task that crashes twice: three runs, three durations, one queue wait."""
+    registry = CollectorRegistry()
+    pool = make_pool(1, name="restarts")
+    pool.metrics(registry)
+    counter = tmp_path / "runs"
+    task = pool.options(restart="transient").submit(_tasks.crash_n_times, str(counter), 2)
+    assert task.result(timeout=30) == "ok"
+    text = scrape_settled(registry, "restarts", 3)
+    assert value(text, "isopool_task_queue_wait_seconds_count", pool="restarts") == 1.0
+    assert value(text, "isopool_task_restarts_total", pool="restarts") == 2.0
+
+
+def test_run_timings_fold_loses_nothing_appended_meanwhile():
+    """The monitor appends durations without the lock while a scrape folds: every value
+    is counted exactly once (a fold takes out only what it saw)."""
+    import threading
+    from array import array
+
+    from isopool._core.metrics import RunTimings
+
+    timings = RunTimings()
+    durations: array[float] = timings.durations
+    n = 300_000
+    done = threading.Event()
+
+    def append() -> None:
+        for _ in range(n):
+            durations.append(0.001)
+        done.set()
+
+    feeder = threading.Thread(target=append)
+    feeder.start()
+    folds = 0
+    while not done.is_set():
+        timings.fold()
+        folds += 1
+    feeder.join()
+    timings.fold()
+    assert folds > 1
+    assert sum(timings.duration.snapshot()[1]) == n
+    assert timings.duration.snapshot()[2] == pytest.approx(0.001 * n)
 
 
 def test_pool_collector_gauges_show_pending_and_running(make_pool):

@@ -169,6 +169,7 @@ class Dispatcher:
             return
         workers = [w for w in self.workers if w.accepting]
         touched: set[WorkerHandle] = set()
+        heads: list[WorkerHandle] = []  # started once their calls are written
         while workers and self.pending:
             worker = self._least_loaded_with_room(workers, now)
             if worker is None:
@@ -197,11 +198,15 @@ class Dispatcher:
                 self.io.lend_slab(worker)  # before the call: for its large result
             task._run = worker.queue_call(task)
             if len(worker.tasks) == 1:
-                self._start_head(worker, now)
+                heads.append(worker)
             self._retire_at_last_call(worker)
             touched.add(worker)
         for worker in touched:
             self.io.flush(worker)
+        # After the writes, with the same ``now``: the worker is already reading its
+        # call while the run's clock, attempt count and queue wait are set down.
+        for worker in heads:
+            self._start_head(worker, now)
         self._steal(now)
 
     def _least_loaded_with_room(

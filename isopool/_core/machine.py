@@ -52,7 +52,6 @@ from . import oob as _oob
 from . import wire as _wire
 from .dispatch import _RETIRE_GRACE, Dispatcher, Port, State, _long_after, _stealable
 from .handle import WorkerHandle, WorkerPhase
-from .metrics import RunTimings
 from .outcome import Kind, Outcome
 from .policy import backoff_delay, should_restart
 from .process import decode_exit
@@ -504,17 +503,15 @@ class Machine(Dispatcher):
     ) -> None:
         """A run of ``task`` ended: restart it per its policy, or settle its future.
 
-        ``started``: when the run started, if it did (for the duration histogram).
+        ``started``: when the run started, if it did (for the duration histogram: the
+        outcome carries the run's length, counted once its future is settled).
         """
         task._run = None
         if task.done():
             return  # settled already (killed while its call was queued): count it once
         self._stats[outcome.stat] += 1
-        durations = self.durations
-        if durations is not None and started is not None:
-            durations.append(now - started)
-            if len(durations) >= RunTimings.FOLD_AT:
-                self.timings.fold()  # type: ignore[union-attr]  # set with durations
+        if started is not None and self.durations is not None:
+            outcome.ran = now - started
         restartable = (
             outcome.kind not in (Kind.CANCELLED, Kind.ERROR)
             and task._stop is None  # a killed task is never restarted
@@ -525,8 +522,12 @@ class Machine(Dispatcher):
             return
         delay = self._restart_delay(task, now)
         if delay is None:
-            out.append(Outcome.restart_limit(task, outcome))
+            limit = Outcome.restart_limit(task, outcome)
+            limit.ran = outcome.ran
+            out.append(limit)
             return
+        if outcome.ran is not None:  # restarted: no future to settle, count it now
+            self.durations.append(outcome.ran)  # type: ignore[union-attr]  # set with ran
         self._stats["restarted"] += 1
         self.io.log(logging.WARNING, outcome.restart_message(self.name, task, delay))
         if delay > 0:

@@ -130,15 +130,18 @@ class Histogram:
 
 
 class RunTimings:
-    """A pool's task histograms, fed by its monitor under the monitor's lock.
+    """A pool's task histograms, fed by its monitor.
 
     ``duration``: seconds from a run's start (its call reached the head of a worker)
     to its end, whatever the outcome, for each run that started; ``queue_wait``:
     seconds from ``submit`` to the start of the task's first run.
 
     The monitor appends each value to ``durations`` or ``waits`` (one C call, no
-    Python frame, on its hot path); ``fold`` counts them into the histograms in
-    batches: when ``durations`` holds ``FOLD_AT`` values, and at every snapshot.
+    Python frame), after the step that matters to a waiting caller: a queue wait
+    once the call is written to its worker, a duration once the future is settled
+    (that one without the monitor's lock). ``fold``, under the lock, counts them into
+    the histograms in batches: when ``durations`` holds ``FOLD_AT`` values, and at
+    every snapshot.
     """
 
     __slots__ = ("duration", "durations", "queue_wait", "waits")
@@ -151,11 +154,16 @@ class RunTimings:
         self.waits: array[float] = array("d")
 
     def fold(self) -> None:
-        """Count the values appended since the last fold into the histograms."""
-        self.duration.observe_many(self.durations)
-        self.queue_wait.observe_many(self.waits)
-        del self.durations[:]
-        del self.waits[:]
+        """Count the values appended since the last fold into the histograms.
+
+        Only the values it saw are taken out: one appended by another thread
+        meanwhile (each append, slice and deletion is atomic under the GIL) stays for
+        the next fold, never lost nor counted twice.
+        """
+        for values, histogram in ((self.durations, self.duration), (self.waits, self.queue_wait)):
+            seen = len(values)
+            histogram.observe_many(values[:seen])
+            del values[:seen]
 
 
 class JobMetrics:

@@ -168,7 +168,9 @@ class Monitor:
             wake = machine.take_wake()
         if wake:
             self._wake()
-        resolve(refused)
+        if refused:
+            resolve(refused)
+            self._count_runs(refused)
 
     def kill(
         self,
@@ -196,6 +198,7 @@ class Monitor:
         if wake:
             self._wake()
         resolve(out)
+        self._count_runs(out)
         if running and wait and threading.current_thread() is not self._thread:
             grace = grace if grace is not None else task.options.shutdown
             task._wait_stopped((0.0 if grace == "brutal_kill" else grace) + 10.0)
@@ -224,6 +227,7 @@ class Monitor:
             self._machine.shutdown(cancel_futures, out)
         self._wake()
         resolve(out)
+        self._count_runs(out)
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
             self._resolver.join()
@@ -239,6 +243,7 @@ class Monitor:
             self._machine.terminate(time.monotonic(), out)
         self._wake()
         resolve(out)
+        self._count_runs(out)
         if threading.current_thread() is not self._thread:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._thread.join(timeout)
@@ -259,6 +264,7 @@ class Monitor:
             self._machine.signal_workers(sig, time.monotonic(), out)
         self._wake()
         resolve(out)
+        self._count_runs(out)
 
     def stats(self) -> dict[str, float]:
         """Return counters: workers, pending, running, and totals since start."""
@@ -281,6 +287,27 @@ class Monitor:
                 "duration": timings.duration.snapshot(),
                 "queue_wait": timings.queue_wait.snapshot(),
             }
+
+    def _count_runs(self, out: list[Outcome]) -> None:
+        """Count the runs of ``out``, whose futures were just settled, in the duration histogram.
+
+        The count comes after the settling, so a caller waiting on one is woken first:
+        a run's duration shows in a scrape a few microseconds after its future is
+        done (its outcome counter, under the lock, at once). Appends need no lock
+        (atomic under the GIL; ``RunTimings.fold`` takes out only what it saw); a full
+        batch is folded under it.
+        """
+        durations = self._machine.durations
+        if durations is None or not out:
+            return
+        for outcome in out:
+            if outcome.ran is not None:
+                durations.append(outcome.ran)
+        if len(durations) >= RunTimings.FOLD_AT:
+            with self._lock:
+                timings = self._machine.timings
+                assert timings is not None  # set with durations
+                timings.fold()
 
     def _wake(self) -> None:
         # BlockingIOError: a wake-up is already pending, which is all we need.
@@ -322,6 +349,7 @@ class Monitor:
             done = machine.tick(now, out)
             restart_server = not machine.server_up and not done
         resolve(out, self._resolver.defer)
+        self._count_runs(out)
         if restart_server:
             self._start_server()  # outside the lock: it blocks on a fork + exec
         return not done
@@ -404,6 +432,7 @@ class Monitor:
         with self._lock:
             self._machine.break_(exc, out)
         resolve(out, self._resolver.defer)
+        self._count_runs(out)
 
     def _close_resources(self) -> None:
         with self._lock:

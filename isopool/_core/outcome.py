@@ -87,6 +87,9 @@ class Outcome:
     kind: Kind
     task: Runnable
     data: Any = None
+    # Seconds the run lasted, when the pool keeps timings: counted in the duration
+    # histogram after the future is settled (Monitor._settle), off a caller's wait.
+    ran: float | None = None
 
     # -- constructors --------------------------------------------------------
 
