@@ -114,6 +114,7 @@ def serve(
                 revocations.watch(control_fd)
         if initializer is not None:
             _run_initializer(result_fd, initializer)
+        _usage_first()  # after the initializer: children it reaped are not a call's
         reader = _wire.FrameReader()
         done = 0
         can_share = control_fd >= 0  # the RELEASE of a result memfd comes on it
@@ -456,8 +457,6 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
         _set_memory_limit(memory_limit)
     pinned = None
     if measure:  # inline, not a call: a tiny task's whole run is a few microseconds
-        if _kids_seen is None:
-            _usage_first()
         start: resource.struct_rusage | None = _getrusage(_SELF)
         started = _clock()  # the clock last: the wall time leaves the syscall out
     else:
@@ -500,15 +499,15 @@ _CHILDREN: Final = resource.RUSAGE_CHILDREN
 _pack_usage: Final = _wire.USAGE.pack
 _getrusage: Final = resource.getrusage
 _clock: Final = time.perf_counter
-# This worker's RUSAGE_CHILDREN totals as last read. They change only when the worker
-# reaps a child, which in practice happens during a call: so the end of one call is
-# the start of the next, and a call that reaped nothing costs no children arithmetic
-# (one syscall fewer per call: the hot path of a tiny task is ~7 us).
-_kids_seen: resource.struct_rusage | None = None
+# This worker's RUSAGE_CHILDREN totals as last read (first by serve(), after the
+# initializer). They change only when the worker reaps a child, which in practice
+# happens during a call: so the end of one call is the start of the next (one syscall
+# fewer per call), and a call that reaped nothing costs no children arithmetic.
+_kids_seen: resource.struct_rusage = resource.struct_rusage((0.0, 0.0, *(0,) * 14))
 
 
 def _usage_first() -> None:
-    """Read the children's totals before the first measured call (not the initializer's)."""
+    """Read the children's totals before the first call (a fork starts them at zero)."""
     global _kids_seen
     _kids_seen = _getrusage(_CHILDREN)
 
@@ -527,7 +526,7 @@ def _usage_since(started: float, own0: resource.struct_rusage) -> bytes:
     kids = _getrusage(_CHILDREN)
     kids0 = _kids_seen
     rss = own[2] if own[2] > kids[2] else kids[2]
-    if kids == kids0 or kids0 is None:  # no child reaped: the usual case
+    if kids == kids0:  # no child reaped: the usual case
         return _pack_usage(
             wall,
             own[0] - own0[0],
