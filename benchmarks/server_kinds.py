@@ -8,6 +8,14 @@ fresh interpreter for it. This makes one one-worker pool of each kind and measur
 in alternating rounds, the p50 of no-op round trips and the worker's CPU per call
 (``/proc/PID/task/*/schedstat``). Not part of ``run.py``: it compares isopool with
 itself.
+
+It also says whether each worker runs the interpreter's machine code at the caller's
+virtual address. A fork keeps the caller's layout; a fresh interpreter gets its own
+(ASLR), and that is the gap: the CPU's branch predictors are indexed by virtual
+address and shared by the processes that take turns on a core, so a worker whose
+interpreter sits where the caller's does finds them trained by the caller's own
+interpreter loop. Run under ``setarch -R`` (no ASLR: every interpreter at the same
+address) and the two kinds measure the same.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
+import sysconfig
 import time
 
 import _bench_tasks as tasks
@@ -31,6 +41,21 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def code_address(pid: int) -> int | None:
+    """Where ``pid`` maps the interpreter's machine code (libpython's, else python's)."""
+    library = sysconfig.get_config_var("LDLIBRARY") or ""
+    executable = os.path.realpath(sys.executable)
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6 or "x" not in fields[1]:
+                continue
+            path = fields[5]
+            if (library and os.path.basename(path) == library) or path == executable:
+                return int(fields[0].split("-")[0], 16)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -41,6 +66,7 @@ def main() -> None:
         "fresh interpreter": isopool.Pool(1, usage=False),  # the first pool's thread runs
     }
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
+    same: dict[str, bool] = {}
     try:
         for pool in kinds.values():
             for _ in range(300):
@@ -50,6 +76,7 @@ def main() -> None:
             for name in names:
                 pool = kinds[name]
                 pid = pool.submit(os.getpid).result(timeout=60)
+                same[name] = code_address(pid) == code_address(os.getpid())
                 before, trips = cpu_ns(pid), []
                 for _ in range(args.calls):
                     start = time.perf_counter()
@@ -63,7 +90,11 @@ def main() -> None:
     for name, rows in figures.items():
         p50 = statistics.median(row[0] for row in rows)
         cpu = statistics.median(row[1] for row in rows)
-        print(f"{name:<24} p50 {p50:6.1f} us   worker CPU {cpu:5.1f} us a call")
+        where = "at" if same[name] else "not at"
+        print(
+            f"{name:<24} p50 {p50:6.1f} us   worker CPU {cpu:5.1f} us a call   "
+            f"(interpreter code {where} the caller's address)"
+        )
 
 
 if __name__ == "__main__":
