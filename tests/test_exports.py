@@ -120,6 +120,28 @@ def _run_python(code: str) -> str:
     return done.stdout
 
 
+def test_import_and_exit_print_nothing():
+    """Importing every engine module and exiting writes nothing to stderr.
+
+    A module-level struct sequence (``resource.struct_rusage``) alive at exit once
+    made Python 3.11 print ``SystemError: ... bad argument to internal function`` from
+    the garbage collector's last pass, after every program that imported isopool.
+    """
+    import pkgutil
+
+    from isopool import _core
+
+    modules = [f"isopool._core.{m.name}" for m in pkgutil.iter_modules(_core.__path__)]
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", "; ".join(f"import {m}" for m in modules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_import_has_no_side_effects():
     """Importing isopool starts no thread and registers no exit hook of its own.
 

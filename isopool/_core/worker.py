@@ -503,7 +503,9 @@ _clock: Final = time.perf_counter
 # initializer). They change only when the worker reaps a child, which in practice
 # happens during a call: so the end of one call is the start of the next (one syscall
 # fewer per call), and a call that reaped nothing costs no children arithmetic.
-_kids_seen: resource.struct_rusage = resource.struct_rusage((0.0, 0.0, *(0,) * 14))
+# A plain tuple until then, not a struct_rusage: a struct sequence still alive when the
+# interpreter clears its type at exit makes 3.11 print a SystemError (tp_clear).
+_kids_seen: tuple[float, ...] = (0.0,) * 16
 
 
 def _usage_first() -> None:
