@@ -10,7 +10,7 @@ one item per task). Items that take a millisecond or more are still sent one by 
 
 What each item keeps, as at chunksize 1: its result in order, its own exception
 (raised when its result is reached, with the values of the items before it in its
-batch delivered first; ``_worker.run_batch``), and crash isolation: a batch whose
+batch delivered first; ``_chunks.run_batch``), and crash isolation: a batch whose
 worker dies is run again one item per task, so the crash fails its item alone.
 
 What it gives up, so that it is used only where that is invisible:
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from ._core.worker import BATCH_DONE, BatchStopped, run_batch
+from ._core.chunks import BATCH_DONE, BatchStopped, run_batch
 from ._errors import TaskCrashError
 from ._progress import Progress
 from ._task import Task

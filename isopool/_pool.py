@@ -35,11 +35,11 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from ._batched import batched_results
+from ._core.chunks import run_chunk, run_chunk_of_one
 from ._core.monitor import Monitor, State
 from ._core.policy import RestartIntensity
 from ._core.process import ForkServer, is_single_threaded
 from ._core.share import InitPayload, dumps_initializer
-from ._core.worker import run_chunk, run_chunk_of_one
 from ._errors import PoolClosedError
 from ._progress import Progress, make_progress, total_of
 from ._spec import (

@@ -402,6 +402,7 @@ def send_bogus_shared_result(how):
     from isopool._core import oob as _oob
     from isopool._core import wire as _wire
     from isopool._core import worker as _worker
+    from isopool._core import worker_slabs as _slabs
 
     pid, fd, token, length = os.getpid(), 987654, 1, 4096
     if how == "negative-fd":
@@ -428,11 +429,11 @@ def send_bogus_shared_result(how):
     # shared result it reads, on this worker's control pipe (token 0: unreadable), and
     # the watcher thread pops the token from _held then.
     awaited = 0 if how == "truncated" else token
-    with _worker._held_changed:
-        _worker._held[awaited] = None
+    with _slabs._held_changed:
+        _slabs._held[awaited] = None
     os.write(_own_result_fd(), header + payload)
-    with _worker._held_changed:
-        _worker._held_changed.wait_for(lambda: awaited not in _worker._held, 30.0)
+    with _slabs._held_changed:
+        _slabs._held_changed.wait_for(lambda: awaited not in _slabs._held, 30.0)
     os._exit(0)
 
 

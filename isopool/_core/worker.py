@@ -35,21 +35,20 @@ What the worker does with each failure, so that the parent can pin it on one tas
   ``_reaper.EXIT_PIPE_LOST``, which the parent reports as such.
 
 Large buffers of a call or a result travel in sealed memfds, not through the pipes
-(``_oob``): a result's memfd stays open here until the parent says on the control
-pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
+(``_oob``, ``worker_slabs``): a result's memfd stays open here until the parent says on
+the control pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
 waits for that (at most ``_RELEASE_WAIT``), so no result is lost to a clean exit.
 
-Imports only ``_wire``, ``_oob`` and ``_errors`` (and ``_spec`` lazily for names; ``_reaper`` for
-one exit code): worker start-up is a benchmark figure, and the fork server has imported all of
-this already.
+Imports only ``_wire``, ``_oob``, ``_errors`` and its two helpers, ``worker_slabs`` (its
+side of the shared memory) and ``chunks`` (what ``Pool.map`` runs here; ``_spec`` lazily for
+names; ``_reaper`` for one exit code): worker start-up is a benchmark figure, and the fork
+server has imported all of this already.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
-import mmap
 import os
 import pickle
 import resource
@@ -57,23 +56,16 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
 
 from .._errors import Shutdown
 from . import oob as _oob
 from . import wire as _wire
+from . import worker_slabs as _slabs
+from .chunks import resolve as _resolve
 from .reaper import EXIT_PIPE_LOST
 
-__all__ = [
-    "BATCH_DONE",
-    "BatchStopped",
-    "Initializer",
-    "run_batch",
-    "run_chunk",
-    "run_chunk_of_one",
-    "serve",
-]
+__all__ = ["Initializer", "serve"]
 
 _scratch = memoryview(bytearray(_wire.READ_SIZE))  # the call pipe's read buffer, kept
 _EXIT_NO_COOKIE: Final = 70  # EX_SOFTWARE: the parent went away before the worker started
@@ -139,14 +131,14 @@ _write_lock = threading.Lock()
 
 
 def _read_cookie(fd: int) -> int:
-    global _parent_pid
     data = b""
     while len(data) < _wire.COOKIE.size:
         chunk = os.read(fd, _wire.COOKIE.size - len(data))
         if not chunk:
             _exit(_EXIT_NO_COOKIE)
         data += chunk
-    cookie, _parent_pid = _wire.COOKIE.unpack(data)
+    cookie, parent = _wire.COOKIE.unpack(data)
+    _slabs.set_parent(parent)
     return int(cookie)
 
 
@@ -193,7 +185,7 @@ class _Revocations:
             except OSError:
                 data = b""
             if not data:  # the parent is gone; the call pipe's EOF ends the worker
-                _release_all()  # and no RELEASE will come
+                _slabs.release_all()  # and no RELEASE will come
                 return
             pending += data
             messages, pending = _control_messages(pending)
@@ -221,132 +213,17 @@ def _control_messages(pending: bytes) -> tuple[list[int], bytes]:
     while len(pending) >= size:
         (number,) = _wire.REVOKE.unpack_from(pending)
         if number & _oob.RELEASE_BIT:
-            _release(number & ~_oob.RELEASE_BIT)
+            _slabs.release(number & ~_oob.RELEASE_BIT)
         elif number & _oob.SLAB_BIT:
             if len(pending) < 2 * size:
                 break  # its token is still to come
             (token,) = _wire.REVOKE.unpack_from(pending, size)
-            _lend_slab(number & ~_oob.SLAB_BIT, token)
+            _slabs.lend_slab(number & ~_oob.SLAB_BIT, token)
             pending = pending[size:]
         else:
             revokes.append(number)
         pending = pending[size:]
     return revokes, pending
-
-
-# The memfds of results the parent has not yet opened, by token (see _oob).
-_held: dict[int, _oob._Memfd] = {}
-_held_changed = threading.Condition()
-_parent_pid = 0  # the pool's process: the holder of the slabs (from the cookie message)
-# The parent's slab this worker may write its next large result into: (fd, token)
-# there. Set by the watcher thread, taken by the main thread.
-_lent: tuple[int, int] | None = None
-_lent_lock = threading.Lock()
-# The parent's slabs mapped here, by (fd, token) there: (our descriptor, mapping).
-# Slabs are reused, so most calls and results find theirs mapped already.
-_mapped: collections.OrderedDict[tuple[int, int], tuple[int, mmap.mmap]] = collections.OrderedDict()
-_MAPPED_MAX: Final = 8
-
-
-def _lend_slab(fd: int, token: int) -> None:
-    global _lent
-    with _lent_lock:
-        _lent = (fd, token)
-
-
-def _map_slab(fd: int, token: int, need: int, grow: bool) -> mmap.mmap:
-    """The parent's slab ``fd``/``token`` mapped here, at least ``need`` bytes long.
-
-    With ``grow``, a slab smaller than that is enlarged (a result larger than it).
-
-    Raises:
-        SharedBufferError: it is not the parent's slab, or too small (without grow).
-        OSError: out of memory or descriptors.
-    """
-    key = (fd, token)
-    entry = _mapped.pop(key, None)
-    mapping: mmap.mmap | None
-    if entry is None:
-        local, mapping = _oob.open_slab(_parent_pid, fd, token), None
-    else:
-        local, mapping = entry
-    try:
-        if mapping is None or len(mapping) < need:
-            size = os.fstat(local).st_size
-            if size < need:
-                if not grow:
-                    raise _oob.SharedBufferError(
-                        f"shared buffers end at byte {need} of a {size}-byte slab"
-                    )
-                os.ftruncate(local, need)
-                size = need
-            if mapping is not None:
-                mapping.close()
-            mapping = None
-            mapping = mmap.mmap(local, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
-    except BaseException:
-        if mapping is not None:
-            mapping.close()
-        os.close(local)
-        raise
-    _mapped[key] = (local, mapping)
-    while len(_mapped) > _MAPPED_MAX:
-        _key, (old_fd, old_map) = _mapped.popitem(last=False)
-        old_map.close()
-        os.close(old_fd)
-    return mapping
-
-
-def _claim_call(payload: _wire.Payload) -> _wire.Payload | _oob.Received:
-    """A call's payload, its shared buffers (in a slab of the parent's) made readable."""
-    if not _oob.is_shared(payload):
-        return payload
-    pid, fd, token = _oob.slab_of(payload)
-    if pid != _parent_pid:
-        raise _oob.SharedBufferError(f"a call's shared buffers held by {pid}, not the pool")
-    # The extent, not 0: the parent may have grown the slab since it was mapped here.
-    mapping = _map_slab(fd, token, _oob.extent(payload), grow=False)
-    return _oob.claim_mapped(payload, mapping)
-
-
-def _share_result(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
-    """Put a result's large buffers in the slab the parent lent, else a memfd of ours."""
-    global _lent
-    with _lent_lock:
-        lent, _lent = _lent, None
-    if lent is not None:
-        fd, token = lent
-        try:
-            mapping = _map_slab(fd, token, _oob.layout_size(buffers), grow=True)
-        except (OSError, _oob.SharedBufferError):
-            pass  # the parent's memory is unusable: ours will do
-        else:
-            return _oob.share_in_mapping(mapping, _parent_pid, fd, token, data, buffers)
-    payload = _oob.share(data, buffers)
-    _hold(payload)  # before the parent can read the frame and RELEASE it
-    return payload
-
-
-def _hold(payload: _oob.SharedPayload) -> None:
-    with _held_changed:
-        _held[_oob.token_of(payload)] = payload.hold  # type: ignore[assignment]  # share() holds a _Memfd
-
-
-def _release(token: int) -> None:
-    with _held_changed:
-        memfd = _held.pop(token, None)
-        _held_changed.notify_all()
-    if memfd is not None:
-        memfd.close()
-
-
-def _release_all() -> None:
-    with _held_changed:
-        memfds = list(_held.values())
-        _held.clear()
-        _held_changed.notify_all()
-    for memfd in memfds:
-        memfd.close()
 
 
 def _await_releases(control_fd: int, watching: bool) -> None:
@@ -357,11 +234,10 @@ def _await_releases(control_fd: int, watching: bool) -> None:
     """
     deadline = time.monotonic() + _RELEASE_WAIT
     if watching:
-        with _held_changed:
-            _held_changed.wait_for(lambda: not _held, _RELEASE_WAIT)
+        _slabs.wait_released(_RELEASE_WAIT)
         return
     pending = b""
-    while _held and control_fd >= 0:
+    while _slabs.holding() and control_fd >= 0:
         ready, _, _ = select.select([control_fd], [], [], max(0.0, deadline - time.monotonic()))
         data = os.read(control_fd, 4096) if ready else b""
         if not data:
@@ -444,7 +320,7 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
     # worker would die and break its pool). ``share``: the result's large buffers may
     # go out of band.
     try:
-        call = _wire.loads(_claim_call(payload))
+        call = _wire.loads(_slabs.claim_call(payload))
         fn, args, kwargs, memory_limit = call[:4]
         cpus: frozenset[int] | None = call[4] if len(call) > 4 else None
         measure = len(call) < 6  # Pool(usage=False) appends False: no getrusage at all
@@ -473,7 +349,7 @@ def _run_call(result_fd: int, task_id: int, payload: _wire.Payload, share: bool)
     else:
         usage = _NOT_RUN if start is None else _usage_since(started, start)
         try:
-            sharer = _share_result if share else None
+            sharer = _slabs.share_result if share else None
             data = _wire.dumps(_oob.wrap(value) if share else value, sharer)
         except SystemExit as exc:  # ProcessPoolExecutor sends this one back as it is
             _send_exception(result_fd, task_id, exc, usage)
@@ -560,87 +436,6 @@ def _pin(cpus: frozenset[int]) -> set[int] | None:
 def _unpin(before: set[int]) -> None:
     with contextlib.suppress(OSError):  # a CPU went offline meanwhile: keep what works
         os.sched_setaffinity(0, before)
-
-
-def run_chunk(fn: Callable[..., object] | str, chunk: list[tuple[object, ...]]) -> list[object]:
-    """Apply ``fn`` to each argument tuple of ``chunk`` (``Pool.map``'s chunksize)."""
-    if isinstance(fn, str):
-        fn = _resolve(fn)
-    return [fn(*args) for args in chunk]
-
-
-def run_chunk_of_one(fn: Callable[..., object] | str, items: list[object]) -> list[object]:
-    """``run_chunk`` for ``map`` over one iterable: its items, not 1-tuples of them.
-
-    Half the objects to pickle and unpickle per item, as ``multiprocessing.Pool``
-    sends them (its ``mapstar``).
-    """
-    if isinstance(fn, str):
-        fn = _resolve(fn)
-    return list(map(fn, items))
-
-
-# The attribute of an exception raised by one item of a batch (``run_batch``) that
-# carries the values of the items before it, so they travel back with it.
-BATCH_DONE: Final = "_isopool_batch_done"
-
-
-class BatchStopped(NamedTuple):
-    """``run_batch``'s reply when an item's exception cannot carry ``BATCH_DONE``.
-
-    That exception refuses attributes or pickles itself; ``values`` are the values of
-    the items before it. The parent runs that item again on its own, to raise it.
-    """
-
-    values: list[object]
-
-
-def run_batch(
-    fn: Callable[..., object] | str, calls: list[tuple[object, ...]]
-) -> list[object] | BatchStopped:
-    """Apply ``fn`` to each argument tuple of ``calls``: ``Pool.map``'s batches.
-
-    Unlike ``run_chunk``, an exception belongs to its item: the values of the items
-    before it ride back on it (``BATCH_DONE``), and the items after it do not run.
-    """
-    if isinstance(fn, str):
-        fn = _resolve(fn)
-    values: list[object] = []
-    for args in calls:
-        try:
-            values.append(fn(*args))
-        except BaseException as exc:
-            if not _carries_attributes(exc):
-                return BatchStopped(values)
-            try:
-                setattr(exc, BATCH_DONE, values)
-            except BaseException:
-                return BatchStopped(values)
-            raise
-    return values
-
-
-def _carries_attributes(exc: BaseException) -> bool:
-    """Whether pickling ``exc`` keeps its attributes (BaseException's and OSError's do)."""
-    kind = type(exc)
-    return kind.__reduce__ in _REDUCES_WITH_DICT and (
-        kind.__reduce_ex__ is BaseException.__reduce_ex__
-    )
-
-
-_REDUCES_WITH_DICT: Final = (BaseException.__reduce__, OSError.__reduce__)
-
-
-_resolved: dict[str, Callable[..., object]] = {}
-
-
-def _resolve(name: str) -> Callable[..., object]:
-    fn = _resolved.get(name)
-    if fn is None:
-        from .._spec import resolve_function
-
-        fn = _resolved[name] = resolve_function(name)
-    return fn
 
 
 _data_baseline: int | None = None  # this worker's data size when it first set a limit
