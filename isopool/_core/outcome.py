@@ -88,7 +88,7 @@ class Outcome:
     task: Runnable
     data: Any = None
     # Seconds the run lasted, when the pool keeps timings: counted in the duration
-    # histogram after the future is settled (Monitor._settle), off a caller's wait.
+    # histogram after the future is settled (Monitor._count_runs), off a caller's wait.
     ran: float | None = None
 
     # -- constructors --------------------------------------------------------
