@@ -11,11 +11,11 @@ itself.
 
 It also says whether each worker runs the interpreter's machine code at the caller's
 virtual address. A fork keeps the caller's layout; a fresh interpreter gets its own
-(ASLR), and that is the gap: the CPU's branch predictors are indexed by virtual
-address and shared by the processes that take turns on a core, so a worker whose
-interpreter sits where the caller's does finds them trained by the caller's own
-interpreter loop. Run under ``setarch -R`` (no ASLR: every interpreter at the same
-address) and the two kinds measure the same.
+(ASLR), and that is the gap: run under ``setarch -R`` (no ASLR: every interpreter at
+the same address) and the two kinds measure the same. Most likely through the CPU's
+branch predictors, indexed by virtual address and shared by the processes that take
+turns on a core: a worker whose interpreter sits where the caller's does finds them
+trained by the caller's own interpreter loop.
 """
 
 from __future__ import annotations
