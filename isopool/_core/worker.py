@@ -39,10 +39,10 @@ Large buffers of a call or a result travel in sealed memfds, not through the pip
 the control pipe that it has opened its own descriptor (RELEASE), and a worker about to exit
 waits for that (at most ``_RELEASE_WAIT``), so no result is lost to a clean exit.
 
-Imports only ``_wire``, ``_oob``, ``_errors`` and its two helpers, ``worker_slabs`` (its
-side of the shared memory) and ``chunks`` (what ``Pool.map`` runs here; ``_spec`` lazily for
-names; ``_reaper`` for one exit code): worker start-up is a benchmark figure, and the fork
-server has imported all of this already.
+Imports only ``_wire``, ``_oob``, ``_errors`` and two helpers: ``worker_slabs`` (its side
+of the shared memory) and ``chunks`` (what ``Pool.map`` runs here). Besides, ``_spec``
+lazily for names and ``_reaper`` for one exit code: worker start-up is a benchmark figure,
+and the fork server has imported all of this already.
 """
 
 from __future__ import annotations
